@@ -1,0 +1,325 @@
+"""Processing one analysis event.
+
+Claim a batch of pending reviews of one restaurant, count attempts (committed before the
+call), reuse results from the ledger or call the provider once, write the ledger right after
+the call, then apply results, raise alerts and finish the event in one transaction. Failures
+retry through the outbox with backoff, wait for a rate limit, or end in a dead letter.
+"""
+
+import logging
+import random
+import time
+from datetime import timedelta
+
+from django.conf import settings
+from django.db import transaction
+from django.utils import timezone
+
+from aiworker import notify
+from aiworker.analysis import (
+    Analysis,
+    AnalysisRejected,
+    ReviewInput,
+    content_fingerprint,
+    parse_batch,
+    split_batch,
+)
+from aiworker.ledger import call_record, results_lookup, results_store
+from aiworker.models import AnalysisJob, LlmCall
+from aiworker.providers import (
+    PermanentError,
+    ProviderError,
+    ProviderUnavailable,
+    RateLimited,
+    TransientError,
+    get_provider,
+)
+from aiworker.services import dead_letter_file
+from outbox.services import event_finish, event_lock, event_retry_at
+from reviews.models import Review
+from reviews.services import (
+    ClaimedReview,
+    review_apply_analysis,
+    review_mark_pending,
+    reviews_claim_for_analysis,
+    reviews_release,
+)
+
+logger = logging.getLogger("aiworker")
+
+TASK = "aiworker.tasks.analyze_event"
+BUSY_RETRY = timedelta(seconds=2)
+UNAVAILABLE_RECHECK = timedelta(seconds=60)
+
+
+def backoff(attempts: int) -> timedelta:
+    """Exponential backoff with full jitter on the upper half, capped."""
+    base = settings.LLM_BACKOFF_BASE_S * 2 ** max(attempts - 1, 0)
+    delay = min(base, settings.LLM_BACKOFF_MAX_S)
+    return timedelta(seconds=delay / 2 + random.uniform(0, delay / 2))  # noqa: S311 - jitter, not crypto
+
+
+def event_analyze(*, event_id: str) -> str:
+    """Handle one delivery of an analysis event. Returns a short outcome for logs and tests."""
+    with transaction.atomic():
+        event = event_lock(event_id=event_id)
+        if event is None or TASK in event.finished_tasks:
+            return "duplicate"
+        review_id, revision = event.payload["review_id"], event.payload["revision"]
+        review = Review.objects.filter(pk=review_id).first()
+        job = AnalysisJob.objects.filter(review_id=review_id, revision=revision).first()
+        if review is None or review.revision != revision or _analysed(review, revision):
+            event_finish(event=event, task=TASK)
+            return "skipped"
+        if job is not None and job.state != AnalysisJob.State.PENDING:
+            event_finish(event=event, task=TASK)
+            return job.state
+        created_at = event.created_at
+
+    # Let a batch fill for a moment, never longer than the configured wait.
+    wait = settings.LLM_BATCH_WAIT_MS / 1000 - (timezone.now() - created_at).total_seconds()
+    if wait > 0:
+        time.sleep(wait)
+
+    limit = 1 if job is not None and job.solo else settings.LLM_BATCH_SIZE
+    claimed = reviews_claim_for_analysis(
+        review_id=review_id,
+        revision=revision,
+        limit=limit,
+        lease=timedelta(seconds=settings.Q_TIMEOUT_S),
+    )
+    if not claimed:
+        # Another worker holds this review in its batch; look again shortly.
+        _retry_event(event_id, timezone.now() + BUSY_RETRY)
+        return "busy"
+
+    batch, jobs = _count_attempts(claimed, own_review_id=review_id)
+    if review_id not in jobs:
+        # Settled by someone else between our look and our claim; the next look finishes it.
+        reviews_release(review_ids=[c.id for c in batch])
+        _retry_event(event_id, timezone.now())
+        return "busy"
+    provider = get_provider()
+    fingerprints = {
+        c.id: content_fingerprint(
+            model=provider.model, review_id=c.id, text=c.text, rating=c.rating, tone=c.tone
+        )
+        for c in batch
+    }
+    reused = results_lookup(fingerprints=list(fingerprints.values()))
+    results: dict[int, Analysis] = {
+        c.id: reused[fingerprints[c.id]] for c in batch if fingerprints[c.id] in reused
+    }
+    to_call = [c for c in batch if c.id not in results]
+    problems: dict[int, str] = {}
+    raw = ""
+    model = provider.model
+    if to_call:
+        refs = {f"r{i}": c for i, c in enumerate(to_call, start=1)}
+        items = [ReviewInput(ref=ref, rating=c.rating, text=c.text) for ref, c in refs.items()]
+        call_fps = [fingerprints[c.id] for c in to_call]
+        ids = [c.id for c in to_call]
+        started = time.perf_counter()
+        try:
+            answer = provider.complete(items, tone=to_call[0].tone)
+        except ProviderError as exc:
+            call_record(
+                model=provider.model,
+                fingerprints=call_fps,
+                review_ids=ids,
+                status=LlmCall.Status.RATE_LIMITED if isinstance(exc, RateLimited) else LlmCall.Status.ERROR,
+                latency_ms=int((time.perf_counter() - started) * 1000),
+                error_class=exc.__class__.__name__,
+                raw_response=exc.raw,
+            )
+            return _handle_failure(event_id, review_id, batch, jobs, exc)
+        latency_ms = int((time.perf_counter() - started) * 1000)
+        try:
+            ok, bad = split_batch(parse_batch(answer.raw), list(refs))
+        except AnalysisRejected as exc:
+            ok, bad = {}, {ref: str(exc) for ref in refs}
+        raw, model = answer.raw, answer.model or provider.model
+        call = call_record(
+            model=model,
+            fingerprints=call_fps,
+            review_ids=ids,
+            status=LlmCall.Status.OK if ok else LlmCall.Status.REJECTED,
+            latency_ms=latency_ms,
+            answer=answer,
+            raw_response=answer.raw if bad else "",
+        )
+        results_store(
+            call=call, results={fingerprints[refs[r].id]: (refs[r].id, a) for r, a in ok.items()}
+        )
+        results.update({refs[r].id: a for r, a in ok.items()})
+        problems = {refs[r].id: reason for r, reason in bad.items()}
+    return _apply(event_id, review_id, batch, results, problems, model=model, raw=raw)
+
+
+def _analysed(review: Review, revision: int) -> bool:
+    return (
+        review.analysis_status == Review.Status.DONE
+        and review.analysis_revision == revision
+        and not review.analysis_provisional
+    )
+
+
+def _count_attempts(
+    claimed: list[ClaimedReview], *, own_review_id: int
+) -> tuple[list[ClaimedReview], dict[int, AnalysisJob]]:
+    """Count one attempt for every review in the batch, committed before the provider call.
+
+    Companions that must be retried alone, or are no longer pending, leave the batch.
+    """
+    with transaction.atomic():
+        jobs: dict[int, AnalysisJob] = {}
+        batch: list[ClaimedReview] = []
+        for c in claimed:
+            AnalysisJob.objects.get_or_create(review_id=c.id, revision=c.revision)
+            job = AnalysisJob.objects.select_for_update().get(review_id=c.id, revision=c.revision)
+            is_own = c.id == own_review_id
+            if job.state != AnalysisJob.State.PENDING or (job.solo and not is_own):
+                continue
+            job.attempts += 1
+            job.save(update_fields=["attempts"])
+            jobs[c.id] = job
+            batch.append(c)
+        left_out = [c.id for c in claimed if c.id not in jobs]
+        if left_out:
+            reviews_release(review_ids=left_out)
+    return batch, jobs
+
+
+def _retry_event(event_id: str, when, parked_reason: str = "") -> None:
+    with transaction.atomic():
+        event = event_lock(event_id=event_id)
+        if event is not None and TASK not in event.finished_tasks:
+            event_retry_at(event=event, when=when, parked_reason=parked_reason)
+
+
+def _handle_failure(
+    event_id: str,
+    own_review_id: int,
+    batch: list[ClaimedReview],
+    jobs: dict[int, AnalysisJob],
+    exc: ProviderError,
+) -> str:
+    now = timezone.now()
+    ids = [c.id for c in batch]
+    with transaction.atomic():
+        event = event_lock(event_id=event_id)
+        locked = {
+            j.review_id: j
+            for j in AnalysisJob.objects.select_for_update().filter(pk__in=[j.pk for j in jobs.values()])
+        }
+        if isinstance(exc, RateLimited | ProviderUnavailable):
+            # Nothing is wrong with these reviews: give the attempts back and wait.
+            for job in locked.values():
+                job.attempts = max(job.attempts - 1, 0)
+                job.save(update_fields=["attempts"])
+            reviews_release(review_ids=ids)
+            if isinstance(exc, RateLimited):
+                when = now + timedelta(seconds=exc.retry_after + random.uniform(0, 0.5))  # noqa: S311
+                reason = ""
+                logger.info("rate limited: event %s waits %.1fs", event_id, exc.retry_after)
+            else:
+                when = now + UNAVAILABLE_RECHECK
+                reason = f"provider unavailable: {exc}"
+                logger.error("AI provider unavailable (%s); events are parked, not failed", exc)
+                for review_id in ids:
+                    review_mark_pending(review_id=review_id, waiting="waiting for the AI provider")
+            if event is not None and TASK not in event.finished_tasks:
+                event_retry_at(event=event, when=when, parked_reason=reason)
+            return "rate_limited" if isinstance(exc, RateLimited) else "parked"
+
+        own = locked[own_review_id]
+        for job in locked.values():
+            job.last_error = f"{exc.__class__.__name__}: {exc}"
+            job.first_failure_at = job.first_failure_at or now
+            job.last_failure_at = now
+            job.save(update_fields=["last_error", "first_failure_at", "last_failure_at"])
+        if isinstance(exc, PermanentError) and len(batch) > 1:
+            # One review may have caused it: every review in the batch is retried alone.
+            AnalysisJob.objects.filter(pk__in=[j.pk for j in locked.values()]).update(solo=True)
+            reviews_release(review_ids=ids)
+            if event is not None:
+                event_retry_at(event=event, when=now)
+            return "retry_alone"
+        topic = event.topic if event is not None else ""
+        for job in locked.values():
+            if isinstance(exc, PermanentError) or job.attempts >= settings.LLM_MAX_ATTEMPTS:
+                dead_letter_file(
+                    job=job,
+                    event_id=event_id if job is own else None,
+                    topic=topic,
+                    error_class=exc.__class__.__name__,
+                    message=str(exc),
+                    raw_response=exc.raw,
+                )
+        reviews_release(review_ids=ids)
+        if event is None:
+            return "gone"
+        if own.state == AnalysisJob.State.DEAD:
+            event_finish(event=event, task=TASK)
+            return "dead"
+        assert isinstance(exc, TransientError)
+        event_retry_at(event=event, when=now + backoff(own.attempts))
+        return "retry"
+
+
+def _apply(
+    event_id: str,
+    own_review_id: int,
+    batch: list[ClaimedReview],
+    results: dict[int, Analysis],
+    problems: dict[int, str],
+    *,
+    model: str,
+    raw: str,
+) -> str:
+    """Apply results, raise alerts and finish the event, all in one transaction."""
+    now = timezone.now()
+    with transaction.atomic():
+        event = event_lock(event_id=event_id)
+        topic = event.topic if event is not None else ""
+        for c in batch:
+            job = AnalysisJob.objects.select_for_update().get(review_id=c.id, revision=c.revision)
+            if job.state != AnalysisJob.State.PENDING:
+                continue  # a zombie finishing late: someone already settled this job
+            analysis = results.get(c.id)
+            if analysis is not None:
+                review = review_apply_analysis(
+                    review_id=c.id,
+                    revision=c.revision,
+                    sentiment=analysis.sentiment,
+                    tags=analysis.tags,
+                    language=analysis.language,
+                    reply_draft=analysis.reply_draft,
+                    model=model,
+                )
+                job.state = AnalysisJob.State.DONE
+                job.finished_at = now
+                job.save(update_fields=["state", "finished_at"])
+                if review is not None and analysis.sentiment == Review.Sentiment.CRITICAL:
+                    notify.alert_raise(review=review)
+            elif job.solo or len(batch) == 1:
+                dead_letter_file(
+                    job=job,
+                    event_id=event_id if c.id == own_review_id else None,
+                    topic=topic,
+                    error_class="InvalidOutput",
+                    message=problems.get(c.id, "no result"),
+                    raw_response=raw,
+                )
+            else:
+                job.solo = True
+                job.save(update_fields=["solo"])
+        reviews_release(review_ids=[c.id for c in batch])
+        if event is None or TASK in event.finished_tasks:
+            return "done"
+        own = AnalysisJob.objects.get(review_id=own_review_id, revision=event.payload["revision"])
+        if own.state == AnalysisJob.State.PENDING:
+            event_retry_at(event=event, when=now)  # left out of the answer: retried alone
+            return "retry_alone"
+        event_finish(event=event, task=TASK)
+        return "done" if own.state == AnalysisJob.State.DONE else "dead"

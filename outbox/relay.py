@@ -1,0 +1,254 @@
+"""The relay: claim unpublished outbox events, enqueue their tasks, mark them published.
+
+Claim, enqueue and mark happen in one transaction on the database that also holds the
+django-q2 queue (ORM broker), so an event is handed off exactly once or not at all, whatever
+happens to this process. Events are claimed by state with SKIP LOCKED, never by an id cursor,
+so relays share work and a long transaction elsewhere cannot make one skip an event.
+"""
+
+import logging
+import select
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import timedelta
+
+import psycopg
+from django.conf import settings
+from django.db import connection, transaction
+from django.db.utils import DatabaseError, InterfaceError, OperationalError
+from django.utils import timezone
+from django_q.brokers import get_broker
+from django_q.conf import Conf
+from django_q.models import OrmQ
+from django_q.signing import SignedPackage
+
+from outbox.models import OutboxEvent
+from outbox.routes import routes_for
+
+logger = logging.getLogger("outbox.relay")
+
+CLAIM_SQL = """
+WITH claimed AS (
+    SELECT id FROM outbox_outboxevent
+    WHERE published_at IS NULL AND available_at <= now()
+    ORDER BY available_at
+    LIMIT %s
+    FOR UPDATE SKIP LOCKED
+)
+UPDATE outbox_outboxevent AS e
+SET published_at = now(), handoffs = e.handoffs + 1
+FROM claimed
+WHERE e.id = claimed.id
+RETURNING e.id, e.topic
+"""
+
+
+@dataclass(frozen=True)
+class HandOff:
+    events: int
+    tasks: int
+    unrouted: int
+    seconds: float
+
+
+def task_package(*, func: str, event_id: uuid.UUID, topic: str) -> str:
+    """A signed django-q2 task package, built the way `async_task` builds one."""
+    task = {
+        "id": uuid.uuid4().hex,
+        "name": f"{topic}:{event_id}",
+        "func": func,
+        "args": (str(event_id),),
+        "kwargs": {},
+        "ack_failure": True,
+        "started": timezone.now(),
+    }
+    return SignedPackage.dumps(task)
+
+
+def relay_once(*, batch_size: int) -> HandOff:
+    """Hand off at most one batch. Returns what was done (events == 0: nothing to do)."""
+    started = time.perf_counter()
+    queue_key = get_broker().list_key or Conf.CLUSTER_NAME
+    with transaction.atomic():
+        with connection.cursor() as cursor:
+            cursor.execute(CLAIM_SQL, [batch_size])
+            claimed = cursor.fetchall()
+        rows = []
+        unrouted = 0
+        now = timezone.now()
+        for event_id, topic in claimed:
+            funcs = routes_for(topic)
+            if not funcs:
+                unrouted += 1
+                continue
+            rows.extend(
+                OrmQ(key=queue_key, payload=task_package(func=f, event_id=event_id, topic=topic), lock=now)
+                for f in funcs
+            )
+        if unrouted:
+            _finish_unrouted([event_id for event_id, topic in claimed if not routes_for(topic)])
+        OrmQ.objects.bulk_create(rows)
+    result = HandOff(len(claimed), len(rows), unrouted, time.perf_counter() - started)
+    if result.events:
+        logger.info(
+            "handed off %d events as %d tasks in %.1f ms%s",
+            result.events,
+            result.tasks,
+            result.seconds * 1000,
+            f" ({unrouted} without a route, marked finished)" if unrouted else "",
+        )
+    return result
+
+
+def _finish_unrouted(event_ids: list) -> None:
+    # An event nobody listens to must not block the table or be handed off forever.
+    logger.warning("no route for %d events, e.g. %s", len(event_ids), event_ids[0])
+    OutboxEvent.objects.filter(pk__in=event_ids).update(finished_at=timezone.now())
+
+
+def prune_once(*, older_than: timedelta, batch_size: int) -> int:
+    """Delete one small batch of finished events older than the retention period."""
+    cutoff = timezone.now() - older_than
+    with transaction.atomic():
+        ids = list(
+            OutboxEvent.objects.filter(finished_at__lt=cutoff)
+            .values_list("pk", flat=True)
+            .select_for_update(skip_locked=True)[:batch_size]
+        )
+        if ids:
+            OutboxEvent.objects.filter(pk__in=ids).delete()
+    return len(ids)
+
+
+def sweep_once(*, deadline: timedelta, batch_size: int = 500) -> int:
+    """Hand off again events that were handed off but never finished before the deadline.
+
+    A queued django-q2 row can vanish (its signed payload stops verifying after a SECRET_KEY
+    change, or someone deletes it); the outbox stays the source of truth. Consumers are
+    idempotent, so a second hand-off of an event that is merely slow is harmless.
+    """
+    cutoff = timezone.now() - deadline
+    with transaction.atomic():
+        ids = list(
+            OutboxEvent.objects.filter(published_at__lt=cutoff, finished_at__isnull=True)
+            .values_list("pk", flat=True)
+            .select_for_update(skip_locked=True)[:batch_size]
+        )
+        if ids:
+            OutboxEvent.objects.filter(pk__in=ids).update(
+                published_at=None, available_at=timezone.now()
+            )
+    if ids:
+        logger.warning("sweeper: %d events handed off %s ago and not finished, handed off again", len(ids), deadline)
+    return len(ids)
+
+
+class Listener:
+    """A dedicated LISTEN connection that reconnects by itself; polling covers its gaps."""
+
+    def __init__(self, channel: str) -> None:
+        self.channel = channel
+        self.conn: psycopg.Connection | None = None
+
+    def _connect(self) -> None:
+        params = settings.DATABASES["default"]
+        self.conn = psycopg.connect(
+            dbname=params["NAME"],
+            user=params.get("USER") or None,
+            password=params.get("PASSWORD") or None,
+            host=params.get("HOST") or None,
+            port=params.get("PORT") or None,
+            autocommit=True,
+            connect_timeout=5,
+        )
+        self.conn.execute(f'LISTEN "{self.channel}"')
+
+    def close(self) -> None:
+        if self.conn is not None:
+            try:
+                self.conn.close()
+            finally:
+                self.conn = None
+
+    def wait(self, timeout: float) -> bool:
+        """Wait up to `timeout` seconds for a notification. True if one arrived."""
+        try:
+            if self.conn is None or self.conn.closed:
+                self._connect()
+            assert self.conn is not None
+            ready, _, _ = select.select([self.conn.fileno()], [], [], timeout)
+            if not ready:
+                return False
+            got = False
+            for _ in self.conn.notifies(timeout=0):
+                got = True  # drain: one batch claim serves all pending notifications
+            return got
+        except (psycopg.Error, OSError, ValueError) as exc:
+            logger.warning("LISTEN connection lost (%s); polling until it is back", exc)
+            self.close()
+            time.sleep(min(timeout, 1.0))
+            return False
+
+
+def run(
+    *,
+    batch_size: int,
+    poll_interval: float,
+    should_stop: Callable[[], bool],
+    listen: bool = True,
+    housekeeping_every: float = 10.0,
+) -> None:
+    """The relay loop: hand off while there is work, otherwise wait for NOTIFY or the poll."""
+    listener = Listener(settings.OUTBOX_NOTIFY_CHANNEL) if listen else None
+    last_housekeeping = 0.0
+    failures = 0
+    try:
+        while not should_stop():
+            try:
+                result = relay_once(batch_size=batch_size)
+                if time.monotonic() - last_housekeeping > housekeeping_every:
+                    housekeeping()
+                    last_housekeeping = time.monotonic()
+                failures = 0
+            except (OperationalError, InterfaceError, DatabaseError) as exc:
+                failures += 1
+                delay = min(0.2 * 2**failures, 5.0)
+                logger.warning("database unavailable (%s); retrying in %.1fs", exc.__class__.__name__, delay)
+                connection.close()
+                time.sleep(delay)
+                continue
+            if result.events == batch_size:
+                continue  # a full batch: there is probably more
+            if listener is not None:
+                listener.wait(poll_interval)
+            else:
+                time.sleep(poll_interval)
+    finally:
+        if listener is not None:
+            listener.close()
+
+
+def housekeeping() -> None:
+    sweep_once(deadline=timedelta(seconds=settings.DELIVERY_DEADLINE_S))
+    pruned = prune_once(
+        older_than=timedelta(hours=settings.OUTBOX_RETENTION_HOURS),
+        batch_size=settings.OUTBOX_PRUNE_BATCH,
+    )
+    if pruned:
+        logger.info("pruned %d finished events", pruned)
+
+
+def run_inline(*, event_id: uuid.UUID) -> None:
+    """Claim one event and run its tasks in this process (benchmark-only `sync` mode)."""
+    from django.utils.module_loading import import_string
+
+    with transaction.atomic():
+        claimed = OutboxEvent.objects.filter(pk=event_id, published_at__isnull=True).update(
+            published_at=timezone.now(), handoffs=1
+        )
+        event = OutboxEvent.objects.get(pk=event_id)
+    if claimed:
+        for func in routes_for(event.topic):
+            import_string(func)(str(event_id))

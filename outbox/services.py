@@ -1,0 +1,76 @@
+"""Writes to the outbox. Every function here runs inside the caller's transaction."""
+
+from datetime import datetime
+
+from django.conf import settings
+from django.db import connection, transaction
+from django.utils import timezone
+
+from outbox.models import Heartbeat, OutboxEvent
+from outbox.routes import routes_for
+
+
+def _require_transaction() -> None:
+    if not transaction.get_connection().in_atomic_block:
+        raise RuntimeError("outbox writes must run inside the caller's transaction.atomic()")
+
+
+def event_publish(*, topic: str, key: str, payload: dict) -> OutboxEvent:
+    """Record an event; it becomes visible to the relay only when the caller commits."""
+    _require_transaction()
+    event = OutboxEvent.objects.create(topic=topic, key=key, payload=payload)
+    # NOTIFY is transactional: Postgres delivers it at commit, never for a rollback.
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_notify(%s, '')", [settings.OUTBOX_NOTIFY_CHANNEL])
+    return event
+
+
+def event_lock(*, event_id: str) -> OutboxEvent | None:
+    """Lock an event for the rest of the caller's transaction (None if it was pruned)."""
+    _require_transaction()
+    return OutboxEvent.objects.select_for_update().filter(pk=event_id).first()
+
+
+def event_finish(*, event: OutboxEvent, task: str) -> bool:
+    """Record that one routed task is done with a locked event. Returns False if it already was."""
+    _require_transaction()
+    if task in event.finished_tasks:
+        return False
+    event.finished_tasks = [*event.finished_tasks, task]
+    if set(routes_for(event.topic)) <= set(event.finished_tasks):
+        event.finished_at = timezone.now()
+    event.parked_reason = ""
+    event.save(update_fields=["finished_tasks", "finished_at", "parked_reason"])
+    return True
+
+
+def event_retry_at(*, event: OutboxEvent, when: datetime, parked_reason: str = "") -> None:
+    """Hand a locked event back to the relay at `when` (retry, backoff, or parking)."""
+    _require_transaction()
+    event.published_at = None
+    event.available_at = when
+    event.parked_reason = parked_reason
+    event.save(update_fields=["published_at", "available_at", "parked_reason"])
+    if when <= timezone.now():
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT pg_notify(%s, '')", [settings.OUTBOX_NOTIFY_CHANNEL])
+
+
+def events_unpark(*, reason_prefix: str = "") -> int:
+    """Make parked events available now, e.g. when staff raise a budget."""
+    with transaction.atomic():
+        count = (
+            OutboxEvent.objects.filter(published_at__isnull=True, parked_reason__startswith=reason_prefix)
+            .exclude(parked_reason="")
+            .update(available_at=timezone.now(), parked_reason="")
+        )
+        if count:
+            with connection.cursor() as cursor:
+                cursor.execute("SELECT pg_notify(%s, '')", [settings.OUTBOX_NOTIFY_CHANNEL])
+    return count
+
+
+def heartbeat_beat(*, name: str, detail: dict | None = None) -> None:
+    Heartbeat.objects.update_or_create(
+        name=name, defaults={"beat_at": timezone.now(), "detail": detail or {}}
+    )

@@ -1,0 +1,108 @@
+"""The reviews API: thin DRF views with nested input/output serializers."""
+
+from django.conf import settings
+from django.http import Http404
+from django.shortcuts import get_object_or_404
+from drf_spectacular.utils import extend_schema, inline_serializer
+from rest_framework import serializers, status
+from rest_framework.exceptions import PermissionDenied
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from reviews.models import Restaurant, Review
+from reviews.selectors import reviews_visible
+from reviews.services import review_create, review_update
+
+
+class ReviewOutput(serializers.ModelSerializer):
+    class Meta:
+        model = Review
+        fields = [
+            "id",
+            "restaurant",
+            "rating",
+            "text",
+            "author_name",
+            "created_at",
+            "revision",
+            "analysis_status",
+            "sentiment",
+            "tags",
+            "reply_draft",
+            "analyzed_at",
+            "analysis_model",
+        ]
+        read_only_fields = fields
+
+
+ACCEPTED = inline_serializer(
+    "ReviewAccepted",
+    fields={
+        "id": serializers.IntegerField(),
+        "status": serializers.CharField(),
+        "analysis_status": serializers.CharField(),
+    },
+)
+
+
+class ReviewListCreateApi(APIView):
+    class Input(serializers.Serializer):
+        restaurant = serializers.PrimaryKeyRelatedField(queryset=Restaurant.objects.all())
+        rating = serializers.IntegerField(min_value=1, max_value=5)
+        text = serializers.CharField(max_length=settings.REVIEW_TEXT_MAX_CHARS, allow_blank=False)
+        author_name = serializers.CharField(max_length=100, required=False, allow_blank=True, default="")
+
+        def validate_rating(self, value):
+            # IntegerField accepts "4" and 4.0; a rating must be a JSON integer.
+            if not isinstance(self.initial_data.get("rating"), int) or isinstance(
+                self.initial_data.get("rating"), bool
+            ):
+                raise serializers.ValidationError("A valid integer is required.")
+            return value
+
+    @extend_schema(request=Input, responses={202: ACCEPTED})
+    def post(self, request):
+        serializer = self.Input(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        review = review_create(**serializer.validated_data, submitted_by=request.user)
+        return Response(
+            {"id": review.pk, "status": "received", "analysis_status": review.analysis_status},
+            status=status.HTTP_202_ACCEPTED,
+        )
+
+    @extend_schema(responses=ReviewOutput(many=True))
+    def get(self, request):
+        reviews = reviews_visible(user=request.user).order_by("-created_at", "-id")[:100]
+        return Response(ReviewOutput(reviews, many=True).data)
+
+
+class ReviewDetailApi(APIView):
+    class Input(serializers.Serializer):
+        rating = serializers.IntegerField(min_value=1, max_value=5, required=False)
+        text = serializers.CharField(max_length=settings.REVIEW_TEXT_MAX_CHARS, required=False)
+
+        def validate(self, attrs):
+            if not attrs:
+                raise serializers.ValidationError("Send text and/or rating.")
+            return attrs
+
+    @extend_schema(responses=ReviewOutput)
+    def get(self, request, review_id: int):
+        review = get_object_or_404(reviews_visible(user=request.user), pk=review_id)
+        return Response(ReviewOutput(review).data)
+
+    @extend_schema(request=Input, responses={202: ACCEPTED})
+    def patch(self, request, review_id: int):
+        review = get_object_or_404(Review, pk=review_id)
+        if review.submitted_by_id != request.user.pk:
+            # Only the client that submitted a review may correct it; others learn nothing.
+            if not reviews_visible(user=request.user).filter(pk=review_id).exists():
+                raise Http404
+            raise PermissionDenied("Only the submitter of a review may correct it.")
+        serializer = self.Input(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        review = review_update(review=review, **serializer.validated_data)
+        return Response(
+            {"id": review.pk, "status": "received", "analysis_status": review.analysis_status},
+            status=status.HTTP_202_ACCEPTED,
+        )

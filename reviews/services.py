@@ -1,0 +1,208 @@
+"""Every write to restaurants and reviews. Views, API views, commands and tasks call these."""
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from django.conf import settings
+from django.contrib.auth.models import AbstractBaseUser
+from django.db import transaction
+from django.db.models import F, Q
+from django.utils import timezone
+
+from outbox.relay import run_inline
+from outbox.services import event_publish
+from reviews.models import Restaurant, Review
+
+
+def _publish(review: Review, topic: str) -> None:
+    event = event_publish(
+        topic=topic,
+        key=f"review:{review.pk}",
+        payload={
+            "review_id": review.pk,
+            "revision": review.revision,
+            "restaurant_id": review.restaurant_id,
+        },
+    )
+    if settings.REVIEWS_ANALYSIS_MODE == "sync":
+        # The anti-pattern kept for benchmarks: analyse inside the request, after commit.
+        transaction.on_commit(lambda: run_inline(event_id=event.pk))
+
+
+def review_create(
+    *,
+    restaurant: Restaurant,
+    rating: int,
+    text: str,
+    author_name: str = "",
+    submitted_by: AbstractBaseUser | None = None,
+) -> Review:
+    """Save a review and its `reviews.created` event in one transaction."""
+    with transaction.atomic():
+        review = Review.objects.create(
+            restaurant=restaurant,
+            rating=rating,
+            text=text,
+            author_name=author_name,
+            submitted_by=submitted_by if submitted_by and submitted_by.is_authenticated else None,
+        )
+        _publish(review, "reviews.created")
+    return review
+
+
+def review_update(*, review: Review, rating: int | None = None, text: str | None = None) -> Review:
+    """Correct a review: new revision, pending again, `reviews.updated` in the same transaction."""
+    with transaction.atomic():
+        review = Review.objects.select_for_update().get(pk=review.pk)
+        if rating is not None:
+            review.rating = rating
+        if text is not None:
+            review.text = text
+        review.revision = F("revision") + 1
+        review.analysis_status = Review.Status.PENDING
+        review.analysis_waiting = ""
+        review.analysis_claimed_until = None
+        review.save()
+        review.refresh_from_db()
+        _publish(review, "reviews.updated")
+    return review
+
+
+def reply_request(*, review: Review, tone: str) -> Review:
+    """Ask for a new reply draft in a tone; goes through the outbox like any analysis."""
+    with transaction.atomic():
+        review = Review.objects.select_for_update().get(pk=review.pk)
+        review.reply_tone = tone
+        review.revision = F("revision") + 1
+        review.analysis_status = Review.Status.PENDING
+        review.analysis_waiting = ""
+        review.analysis_claimed_until = None
+        review.save()
+        review.refresh_from_db()
+        _publish(review, "reviews.reply_requested")
+    return review
+
+
+def reply_approve(*, review: Review, text: str, user: AbstractBaseUser) -> Review:
+    """Record the owner's approved reply: the only way a reply is ever published."""
+    text = text.strip()
+    if not text:
+        raise ValueError("an approved reply cannot be empty")
+    with transaction.atomic():
+        review = Review.objects.select_for_update().get(pk=review.pk)
+        review.reply_text = text
+        review.reply_approved_at = timezone.now()
+        review.reply_approved_by = user
+        review.save(update_fields=["reply_text", "reply_approved_at", "reply_approved_by", "updated_at"])
+    return review
+
+
+def reply_draft_save(*, review: Review, text: str) -> Review:
+    """Keep the owner's edits to a draft without approving it."""
+    with transaction.atomic():
+        review = Review.objects.select_for_update().get(pk=review.pk)
+        review.reply_draft = text.strip()
+        review.save(update_fields=["reply_draft", "updated_at"])
+    return review
+
+
+@dataclass(frozen=True)
+class ClaimedReview:
+    id: int
+    revision: int
+    rating: int
+    text: str
+    tone: str
+
+
+def reviews_claim_for_analysis(
+    *, review_id: int, revision: int, limit: int, lease: timedelta
+) -> list[ClaimedReview]:
+    """Lease the given review (if it still needs this revision analysed) plus up to
+    `limit - 1` other pending reviews of the same restaurant and reply tone, oldest first.
+
+    A lease instead of a row lock held across the provider call keeps transactions short;
+    SKIP LOCKED and the lease make concurrent workers build disjoint batches.
+    """
+    now = timezone.now()
+    free = Q(analysis_claimed_until__isnull=True) | Q(analysis_claimed_until__lt=now)
+    with transaction.atomic():
+        own = (
+            Review.objects.select_for_update(skip_locked=True)
+            .filter(free, pk=review_id, revision=revision, analysis_status=Review.Status.PENDING)
+            .first()
+        )
+        if own is None:
+            return []
+        others = list(
+            Review.objects.select_for_update(skip_locked=True)
+            .filter(
+                free,
+                restaurant_id=own.restaurant_id,
+                reply_tone=own.reply_tone,
+                analysis_status=Review.Status.PENDING,
+            )
+            .exclude(pk=own.pk)
+            .order_by("created_at")[: max(limit - 1, 0)]
+        )
+        batch = [own, *others]
+        Review.objects.filter(pk__in=[r.pk for r in batch]).update(analysis_claimed_until=now + lease)
+    return [ClaimedReview(r.pk, r.revision, r.rating, r.text, r.reply_tone) for r in batch]
+
+
+def reviews_release(*, review_ids: list[int]) -> None:
+    Review.objects.filter(pk__in=review_ids).update(analysis_claimed_until=None)
+
+
+def review_apply_analysis(
+    *,
+    review_id: int,
+    revision: int,
+    sentiment: str,
+    tags: list[str],
+    language: str,
+    reply_draft: str,
+    model: str,
+    provisional: bool = False,
+    analyzed_at: datetime | None = None,
+) -> Review | None:
+    """Write an analysis if it is for the current revision. Returns None for a stale result.
+
+    Must run in the caller's transaction (with the event bookkeeping), so it locks the row.
+    """
+    review = Review.objects.select_for_update().filter(pk=review_id).first()
+    if review is None or review.revision != revision:
+        return None
+    if review.analysis_status == Review.Status.DONE and not review.analysis_provisional:
+        return None  # already analysed at this revision: a late duplicate changes nothing
+    if provisional and review.analysis_status == Review.Status.DONE:
+        return None
+    review.analysis_status = Review.Status.DONE
+    review.analysis_revision = revision
+    review.analysis_provisional = provisional
+    review.analysis_waiting = ""
+    review.sentiment = sentiment
+    review.tags = tags
+    review.language = language
+    if not review.reply_approved_at:
+        review.reply_draft = reply_draft
+    review.analysis_model = model
+    review.analyzed_at = analyzed_at or timezone.now()
+    review.analysis_claimed_until = None
+    review.save()
+    return review
+
+
+def review_mark_failed(*, review_id: int, revision: int) -> bool:
+    """Show a dead-lettered analysis honestly; a newer revision is left alone."""
+    return bool(
+        Review.objects.filter(pk=review_id, revision=revision)
+        .exclude(analysis_status=Review.Status.DONE)
+        .update(analysis_status=Review.Status.FAILED, analysis_claimed_until=None, analysis_waiting="")
+    )
+
+
+def review_mark_pending(*, review_id: int, waiting: str = "") -> None:
+    Review.objects.filter(pk=review_id).exclude(analysis_status=Review.Status.DONE).update(
+        analysis_status=Review.Status.PENDING, analysis_waiting=waiting
+    )
