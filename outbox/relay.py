@@ -7,7 +7,9 @@ so relays share work and a long transaction elsewhere cannot make one skip an ev
 """
 
 import logging
+import os
 import select
+import signal
 import time
 import uuid
 from collections.abc import Callable
@@ -26,8 +28,10 @@ from django_q.signing import SignedPackage
 
 from outbox.models import OutboxEvent
 from outbox.routes import routes_for
+from outbox.services import heartbeat_beat
 
 logger = logging.getLogger("outbox.relay")
+HEARTBEAT_EVERY_S = 5.0
 
 CLAIM_SQL = """
 WITH claimed AS (
@@ -148,9 +152,11 @@ def sweep_once(*, deadline: timedelta, batch_size: int = 500) -> int:
 class Listener:
     """A dedicated LISTEN connection that reconnects by itself; polling covers its gaps."""
 
-    def __init__(self, channel: str) -> None:
+    def __init__(self, channel: str, *, wakeup_fd: int | None = None) -> None:
         self.channel = channel
         self.conn: psycopg.Connection | None = None
+        # A signal handler writes to this fd (signal.set_wakeup_fd) so SIGTERM ends a long wait.
+        self.wakeup_fd = wakeup_fd
 
     def _connect(self) -> None:
         params = settings.DATABASES["default"]
@@ -174,12 +180,15 @@ class Listener:
 
     def wait(self, timeout: float) -> bool:
         """Wait up to `timeout` seconds for a notification. True if one arrived."""
+        extra = [self.wakeup_fd] if self.wakeup_fd is not None else []
         try:
             if self.conn is None or self.conn.closed:
                 self._connect()
             assert self.conn is not None
-            ready, _, _ = select.select([self.conn.fileno()], [], [], timeout)
-            if not ready:
+            ready, _, _ = select.select([self.conn.fileno(), *extra], [], [], timeout)
+            if self.wakeup_fd in ready:
+                os.read(self.wakeup_fd, 512)
+            if self.conn.fileno() not in ready:
                 return False
             got = False
             for _ in self.conn.notifies(timeout=0):
@@ -188,7 +197,7 @@ class Listener:
         except (psycopg.Error, OSError, ValueError) as exc:
             logger.warning("LISTEN connection lost (%s); polling until it is back", exc)
             self.close()
-            time.sleep(min(timeout, 1.0))
+            select.select(extra, [], [], min(timeout, 1.0))
             return False
 
 
@@ -199,9 +208,17 @@ def run(
     should_stop: Callable[[], bool],
     listen: bool = True,
     housekeeping_every: float = 10.0,
+    heartbeat_name: str = "relay",
 ) -> None:
-    """The relay loop: hand off while there is work, otherwise wait for NOTIFY or the poll."""
-    listener = Listener(settings.OUTBOX_NOTIFY_CHANNEL) if listen else None
+    """The relay loop: hand off while there is work, otherwise wait for NOTIFY or the poll.
+
+    Call it from the main thread: a wake-up pipe lets SIGTERM interrupt a long wait.
+    """
+    wake_r, wake_w = os.pipe()
+    os.set_blocking(wake_w, False)
+    previous_fd = signal.set_wakeup_fd(wake_w)
+    listener = Listener(settings.OUTBOX_NOTIFY_CHANNEL, wakeup_fd=wake_r)
+    last_beat = 0.0
     last_housekeeping = 0.0
     failures = 0
     try:
@@ -211,6 +228,9 @@ def run(
                 if time.monotonic() - last_housekeeping > housekeeping_every:
                     housekeeping()
                     last_housekeeping = time.monotonic()
+                if time.monotonic() - last_beat > HEARTBEAT_EVERY_S:
+                    heartbeat_beat(name=heartbeat_name, detail={"pid": os.getpid()})
+                    last_beat = time.monotonic()
                 failures = 0
             except (OperationalError, InterfaceError, DatabaseError) as exc:
                 failures += 1
@@ -221,13 +241,15 @@ def run(
                 continue
             if result.events == batch_size:
                 continue  # a full batch: there is probably more
-            if listener is not None:
+            if listen:
                 listener.wait(poll_interval)
             else:
-                time.sleep(poll_interval)
+                select.select([wake_r], [], [], poll_interval)
     finally:
-        if listener is not None:
-            listener.close()
+        listener.close()
+        signal.set_wakeup_fd(previous_fd)
+        os.close(wake_r)
+        os.close(wake_w)
 
 
 def housekeeping() -> None:

@@ -1,7 +1,9 @@
 """Run the outbox relay: parse options, loop, stop cleanly on SIGTERM/SIGINT."""
 
 import logging
+import os
 import signal
+import socket
 
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
@@ -49,5 +51,6 @@ class Command(BaseCommand):
             poll_interval=poll_interval,
             should_stop=lambda: stopping,
             listen=not no_listen,
+            heartbeat_name=f"relay:{socket.gethostname()}:{os.getpid()}",
         )
         self.stdout.write("relay stopped")

@@ -1,0 +1,41 @@
+"""One screen with the state of the whole pipeline (`--json` for scripts)."""
+
+import json
+
+from django.core.management.base import BaseCommand
+
+from aiworker import pipeline
+
+
+class Command(BaseCommand):
+    help = "Outbox backlog and lag, queue depth, reviews by status, dead letters, LLM usage, heartbeats."
+
+    def add_arguments(self, parser):
+        parser.add_argument("--json", dest="as_json", action="store_true", help="Machine-readable output.")
+
+    def handle(self, *args, as_json: bool, **options):
+        snap = pipeline.snapshot()
+        if as_json:
+            self.stdout.write(json.dumps(snap, indent=2, default=str))
+            return
+        out = self.stdout.write
+        o, q = snap["outbox"], snap["queue"]
+        out("OUTBOX")
+        out(f"  unpublished (ready)      {o['unpublished']}")
+        out(f"  oldest unpublished age   {o['oldest_unpublished_age_s']:.1f} s")
+        out(f"  waiting to retry         {o['waiting_retry']}")
+        out(f"  parked                   {o['parked']}")
+        out(f"  published last minute    {o['published_last_minute']}")
+        out(f"  handed off, unfinished   {o['handed_off_unfinished']}")
+        out("QUEUE (django-q2)")
+        out(f"  depth (waiting)          {q['depth']}")
+        out(f"  taken by workers         {q['taken']}")
+        out(f"  running clusters         {snap['clusters']}")
+        out("REVIEWS  " + "  ".join(f"{k}={v}" for k, v in snap["reviews"].items()))
+        out(f"DEAD LETTERS (open)        {snap['dead_letters_open']}")
+        out("LLM CALLS")
+        for c in snap["llm_calls"]:
+            out(f"  {c['model']:<20} {c['status']:<13} {c['n']:>7} calls  {c['prompt_tokens'] or 0:>9} in  {c['completion_tokens'] or 0:>9} out  ${c['cost']:.4f}")
+        out("HEARTBEATS (seconds ago)")
+        for name, age in snap["heartbeats"].items():
+            out(f"  {name:<40} {age}")

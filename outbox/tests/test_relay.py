@@ -1,0 +1,239 @@
+"""The relay hands every committed event to the queue exactly once: with several relays,
+with relays killed at any instant, and with transactions committing out of order."""
+
+import os
+import random
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+from django.db import connection, transaction
+from django.test import override_settings
+from django.utils import timezone
+from django_q.models import OrmQ
+from django_q.signing import SignedPackage
+
+from outbox import relay
+from outbox.models import OutboxEvent
+from outbox.services import event_publish
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def publish(n: int, topic: str = "reviews.created") -> list:
+    with transaction.atomic():
+        return [
+            event_publish(topic=topic, key=f"review:{i}", payload={"review_id": i, "revision": 1}).pk
+            for i in range(n)
+        ]
+
+
+def bulk_events(n: int) -> None:
+    """Many unpublished events at once (faster than publish() for thousands)."""
+    OutboxEvent.objects.bulk_create(
+        OutboxEvent(topic="reviews.created", key=f"review:{i}", payload={"review_id": i, "revision": 1})
+        for i in range(n)
+    )
+
+
+def tasks_per_event() -> Counter:
+    return Counter(SignedPackage.loads(p)["args"][0] for p in OrmQ.objects.values_list("payload", flat=True))
+
+
+def assert_exactly_once(expected: int) -> None:
+    per_event = tasks_per_event()
+    events = OutboxEvent.objects.all()
+    assert events.count() == expected
+    assert events.filter(published_at__isnull=True).count() == 0, "event left unpublished"
+    assert set(per_event) == {str(pk) for pk in events.values_list("pk", flat=True)}, "task without event or event without task"
+    duplicated = {k: v for k, v in per_event.items() if v != 1}
+    assert not duplicated, f"{len(duplicated)} events handed off more than once"
+    assert not events.exclude(handoffs=1).exists()
+
+
+def relay_cmd(*args: str) -> list[str]:
+    return [sys.executable, str(ROOT / "manage.py"), "relay_outbox", *args]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_relay_once_hands_off_each_event_once_with_its_route():
+    ids = publish(3)
+    result = relay.relay_once(batch_size=10)
+    assert (result.events, result.tasks) == (3, 3)
+    packages = [SignedPackage.loads(p) for p in OrmQ.objects.values_list("payload", flat=True)]
+    assert sorted(p["args"][0] for p in packages) == sorted(str(i) for i in ids)
+    assert {p["func"] for p in packages} == {"aiworker.tasks.analyze_event"}
+    assert relay.relay_once(batch_size=10).events == 0
+    assert_exactly_once(3)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_unrouted_event_is_finished_with_a_warning_and_fan_out_enqueues_each_route(caplog):
+    routes = {"fan.out": ["aiworker.tasks.analyze_event", "aiworker.tasks.notify_event"]}
+    with override_settings(OUTBOX_ROUTES=routes):
+        publish(1, topic="fan.out")
+        publish(1, topic="nobody.listens")
+        result = relay.relay_once(batch_size=10)
+    assert (result.events, result.tasks, result.unrouted) == (2, 2, 1)
+    assert OutboxEvent.objects.get(topic="nobody.listens").finished_at is not None
+    assert "no route" in caplog.text
+    funcs = sorted(SignedPackage.loads(p)["func"] for p in OrmQ.objects.values_list("payload", flat=True))
+    assert funcs == routes["fan.out"]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_event_scheduled_for_later_waits():
+    with transaction.atomic():
+        event = event_publish(topic="reviews.created", key="k", payload={})
+    OutboxEvent.objects.filter(pk=event.pk).update(available_at=timezone.now() + timedelta(minutes=5))
+    assert relay.relay_once(batch_size=10).events == 0
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("relays", [2, 4])
+def test_parallel_relays_hand_off_5000_events_exactly_once(proc_env, relays):
+    bulk_events(5000)
+    procs = [
+        subprocess.Popen(relay_cmd("--once", "--batch-size", "100"), env=proc_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for _ in range(relays)
+    ]
+    outputs = [p.communicate(timeout=120) for p in procs]
+    assert all(p.returncode == 0 for p in procs), outputs
+    handed = [int(out.split()[2]) for out, _ in outputs]
+    assert sum(handed) == 5000
+    assert sum(1 for h in handed if h > 0) >= 2, f"relays did not share the work: {handed}"
+    assert_exactly_once(5000)
+
+
+@pytest.mark.slow
+def test_relay_killed_repeatedly_loses_and_duplicates_nothing(proc_env):
+    stop = threading.Event()
+    produced = []
+
+    def produce():
+        # A separate thread: its own database connection, committing while relays die.
+        try:
+            while not stop.is_set():
+                produced.extend(publish(5))
+                time.sleep(0.01)
+        finally:
+            connection.close()
+
+    producer = threading.Thread(target=produce)
+    producer.start()
+    rng = random.Random(7)
+    kills = 0
+    try:
+        while kills < 20:
+            proc = subprocess.Popen(relay_cmd("--batch-size", "50", "--poll-interval", "0.1"), env=proc_env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            time.sleep(rng.uniform(0.3, 1.2))  # includes start-up, so kills land at any stage
+            os.kill(proc.pid, signal.SIGKILL)
+            proc.wait()
+            kills += 1
+    finally:
+        stop.set()
+        producer.join()
+    subprocess.run(relay_cmd("--once"), env=proc_env, check=True, capture_output=True)
+    assert kills == 20 and len(produced) > 100
+    assert_exactly_once(len(produced))
+
+
+@pytest.mark.django_db(transaction=True)
+def test_out_of_order_commits_are_not_skipped():
+    a_inserted, b_committed, relay_ran = threading.Event(), threading.Event(), threading.Event()
+
+    def transaction_a():
+        try:
+            with transaction.atomic():
+                event_publish(topic="reviews.created", key="A", payload={})
+                a_inserted.set()
+                relay_ran.wait(10)  # commits only after the relay has run
+        finally:
+            connection.close()
+
+    thread = threading.Thread(target=transaction_a)
+    thread.start()
+    a_inserted.wait(10)
+    with transaction.atomic():
+        event_publish(topic="reviews.created", key="B", payload={})
+    b_committed.set()
+    first = relay.relay_once(batch_size=10)
+    relay_ran.set()
+    thread.join()
+    second = relay.relay_once(batch_size=10)
+    assert (first.events, second.events) == (1, 1)
+    assert_exactly_once(2)
+
+
+def wait_until(predicate, timeout: float) -> float:
+    started = time.monotonic()
+    while time.monotonic() - started < timeout:
+        if predicate():
+            return time.monotonic() - started
+        time.sleep(0.01)
+    raise AssertionError("condition not met in time")
+
+
+@pytest.mark.slow
+def test_notify_wakes_the_relay_and_polling_covers_a_broken_listen(proc_env):
+    proc = subprocess.Popen(relay_cmd("--poll-interval", "30"), env=proc_env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        time.sleep(2)  # let it start and LISTEN
+        [event_id] = publish(1)
+        lag = wait_until(lambda: OutboxEvent.objects.filter(pk=event_id, published_at__isnull=False).exists(), 5)
+        assert lag < 0.5, f"NOTIFY should hand off in well under a second, took {lag:.2f}s"
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=10) == 0
+
+    # LISTEN broken: kill the relay's LISTEN backend; the short poll still delivers.
+    proc = subprocess.Popen(relay_cmd("--poll-interval", "0.5"), env=proc_env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        time.sleep(2)
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE query ILIKE 'LISTEN%%' AND pid <> pg_backend_pid()")
+            assert cursor.rowcount >= 1
+        # Events committed without any NOTIFY reaching the relay.
+        bulk_events(3)
+        wait_until(lambda: not OutboxEvent.objects.filter(published_at__isnull=True).exists(), 5)
+        # And the listener came back by itself.
+        wait_until(lambda: _listening(), 5)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=10) == 0
+
+
+def _listening() -> bool:
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT count(*) FROM pg_stat_activity WHERE query ILIKE 'LISTEN%%'")
+        return cursor.fetchone()[0] > 0
+
+
+@pytest.mark.django_db(transaction=True)
+def test_prune_removes_only_old_finished_events():
+    ids = publish(4)
+    old = timezone.now() - timedelta(hours=100)
+    OutboxEvent.objects.filter(pk=ids[0]).update(published_at=old, finished_at=old)  # old, finished: pruned
+    OutboxEvent.objects.filter(pk=ids[1]).update(published_at=old)  # old but unfinished: kept
+    OutboxEvent.objects.filter(pk=ids[2]).update(published_at=timezone.now(), finished_at=timezone.now())  # recent: kept
+    assert relay.prune_once(older_than=timedelta(hours=72), batch_size=100) == 1
+    assert set(OutboxEvent.objects.values_list("pk", flat=True)) == set(ids[1:])
+
+
+@pytest.mark.django_db(transaction=True)
+def test_sweeper_hands_off_again_an_event_whose_task_vanished():
+    [event_id] = publish(1)
+    relay.relay_once(batch_size=10)
+    OrmQ.objects.all().delete()  # e.g. a payload signed with an old SECRET_KEY, dropped by django-q2
+    assert relay.sweep_once(deadline=timedelta(minutes=10)) == 0  # not yet overdue
+    OutboxEvent.objects.filter(pk=event_id).update(published_at=timezone.now() - timedelta(minutes=11))
+    assert relay.sweep_once(deadline=timedelta(minutes=10)) == 1
+    assert relay.relay_once(batch_size=10).events == 1
+    assert list(tasks_per_event().values()) == [1]
+    assert OutboxEvent.objects.get().handoffs == 2

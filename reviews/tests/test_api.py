@@ -1,0 +1,159 @@
+"""The review API contract: 202 on success with both rows committed, 400 and nothing written otherwise."""
+
+import pytest
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
+
+from outbox.models import OutboxEvent
+from reviews.models import Review
+
+URL = "/api/reviews/"
+
+
+def counts():
+    return Review.objects.count(), OutboxEvent.objects.count()
+
+
+@pytest.mark.django_db
+def test_post_accepts_and_writes_review_and_event(api, restaurant):
+    response = api.post(URL, {"restaurant": restaurant.pk, "rating": 4, "text": "Muito bom!", "author_name": "Ana"}, format="json")
+    assert response.status_code == 202
+    body = response.json()
+    assert body["status"] == "received" and body["analysis_status"] == "pending"
+    review = Review.objects.get(pk=body["id"])
+    assert (review.rating, review.text, review.author_name) == (4, "Muito bom!", "Ana")
+    event = OutboxEvent.objects.get()
+    assert event.topic == "reviews.created"
+    assert event.payload == {"review_id": review.pk, "revision": 1, "restaurant_id": restaurant.pk}
+    assert event.published_at is None
+
+
+@pytest.mark.parametrize(
+    ("payload", "field"),
+    [
+        ({"rating": 0, "text": "x"}, "rating"),
+        ({"rating": 6, "text": "x"}, "rating"),
+        ({"rating": "5", "text": "x"}, "rating"),
+        ({"rating": 4.5, "text": "x"}, "rating"),
+        ({"rating": True, "text": "x"}, "rating"),
+        ({"text": "x"}, "rating"),
+        ({"rating": 3, "text": ""}, "text"),
+        ({"rating": 3, "text": "   "}, "text"),
+        ({"rating": 3}, "text"),
+        ({"rating": 3, "text": "x" * 5001}, "text"),
+        ({"rating": 3, "text": ["a"]}, "text"),
+        ({"rating": 3, "text": "ok", "author_name": "n" * 101}, "author_name"),
+    ],
+)
+@pytest.mark.django_db
+def test_bad_input_is_400_with_field_errors_and_writes_nothing(api, restaurant, payload, field):
+    response = api.post(URL, {"restaurant": restaurant.pk, **payload}, format="json")
+    assert response.status_code == 400
+    assert field in response.json()
+    assert counts() == (0, 0)
+
+
+@pytest.mark.django_db
+def test_unknown_restaurant_is_400(api, restaurant):
+    response = api.post(URL, {"restaurant": 999999, "rating": 3, "text": "ok"}, format="json")
+    assert response.status_code == 400 and "restaurant" in response.json()
+    assert counts() == (0, 0)
+
+
+@pytest.mark.django_db
+def test_malformed_json_is_400(api, restaurant):
+    response = api.post(URL, data="{not json", content_type="application/json")
+    assert response.status_code == 400
+    assert counts() == (0, 0)
+
+
+@pytest.mark.django_db
+def test_unauthenticated_is_rejected(client, restaurant):
+    response = client.post(URL, {"restaurant": restaurant.pk, "rating": 3, "text": "ok"}, content_type="application/json")
+    assert response.status_code in (401, 403)
+    assert counts() == (0, 0)
+
+
+@pytest.mark.django_db
+def test_mass_assignment_of_analysis_fields_is_ignored(api, restaurant, other_owner):
+    response = api.post(
+        URL,
+        {
+            "restaurant": restaurant.pk, "rating": 5, "text": "Ótimo",
+            "sentiment": "POSITIVE", "analysis_status": "done", "reply_draft": "spam",
+            "tags": ["price"], "revision": 9, "owner": other_owner.pk,
+        },
+        format="json",
+    )
+    assert response.status_code == 202
+    review = Review.objects.get()
+    assert (review.sentiment, review.analysis_status, review.reply_draft, review.tags, review.revision) == (None, "pending", "", [], 1)
+    assert review.restaurant.owner != other_owner
+
+
+@pytest.mark.django_db(transaction=True)
+def test_failing_event_insert_leaves_no_review(api, restaurant):
+    # Make the outbox insert fail inside the same transaction: the review must roll back too.
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "ALTER TABLE outbox_outboxevent ADD CONSTRAINT reject_all CHECK (topic = 'never')"
+        )
+    try:
+        with pytest.raises(Exception):  # noqa: B017 - any database error; the point is what is left
+            api.post(URL, {"restaurant": restaurant.pk, "rating": 3, "text": "ok"}, format="json")
+        assert counts() == (0, 0)
+    finally:
+        with connection.cursor() as cursor:
+            cursor.execute("ALTER TABLE outbox_outboxevent DROP CONSTRAINT reject_all")
+
+
+@pytest.mark.django_db
+def test_owner_reads_own_review_not_others(api, owner_api, restaurant, other_restaurant):
+    mine = api.post(URL, {"restaurant": restaurant.pk, "rating": 5, "text": "a"}, format="json").json()["id"]
+    theirs = api.post(URL, {"restaurant": other_restaurant.pk, "rating": 5, "text": "b"}, format="json").json()["id"]
+    response = owner_api.get(f"{URL}{mine}/")
+    assert response.status_code == 200
+    body = response.json()
+    assert body["analysis_status"] == "pending" and body["sentiment"] is None and body["tags"] == []
+    assert set(body) >= {"id", "analysis_status", "sentiment", "tags", "reply_draft", "analyzed_at"}
+    assert owner_api.get(f"{URL}{theirs}/").status_code == 404
+    assert [r["id"] for r in owner_api.get(URL).json()] == [mine]
+
+
+@pytest.mark.django_db
+def test_staff_reads_everything(api, staff, restaurant):
+    from conftest import token_client
+
+    rid = api.post(URL, {"restaurant": restaurant.pk, "rating": 5, "text": "a"}, format="json").json()["id"]
+    assert token_client(staff).get(f"{URL}{rid}/").status_code == 200
+
+
+@pytest.mark.django_db
+def test_patch_by_submitter_bumps_revision_and_publishes_update(api, owner_api, restaurant):
+    rid = api.post(URL, {"restaurant": restaurant.pk, "rating": 2, "text": "ruim"}, format="json").json()["id"]
+    response = api.patch(f"{URL}{rid}/", {"text": "na verdade foi bom", "rating": 4}, format="json")
+    assert response.status_code == 202
+    review = Review.objects.get(pk=rid)
+    assert (review.revision, review.rating, review.text, review.analysis_status) == (2, 4, "na verdade foi bom", "pending")
+    assert list(OutboxEvent.objects.order_by("created_at").values_list("topic", flat=True)) == ["reviews.created", "reviews.updated"]
+    assert OutboxEvent.objects.get(topic="reviews.updated").payload["revision"] == 2
+    # The restaurant's owner reads it but may not rewrite the customer's review.
+    assert owner_api.patch(f"{URL}{rid}/", {"rating": 1}, format="json").status_code == 403
+    assert api.patch(f"{URL}{rid}/", {"rating": 9}, format="json").status_code == 400
+    assert api.patch(f"{URL}{rid}/", {}, format="json").status_code == 400
+    assert Review.objects.get(pk=rid).revision == 2
+
+
+@pytest.mark.django_db
+def test_schema_is_served(api):
+    response = api.get("/api/schema/")
+    assert response.status_code == 200
+    assert b"/api/reviews/" in response.content
+
+
+@pytest.mark.django_db
+def test_post_is_two_inserts_and_a_notify(api, restaurant):
+    with CaptureQueriesContext(connection) as ctx:
+        api.post(URL, {"restaurant": restaurant.pk, "rating": 3, "text": "ok"}, format="json")
+    sql = " ".join(q["sql"] for q in ctx.captured_queries)
+    assert sql.count("INSERT INTO") == 2 and "pg_notify" in sql
