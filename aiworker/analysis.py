@@ -137,7 +137,7 @@ def user_prompt(items: list[ReviewInput]) -> str:
     return "\n".join(parts)
 
 
-def content_fingerprint(*, model: str, review_id: int, revision: int, text: str, rating: int, tone: str) -> str:
+def content_fingerprint(*, model: str, review_id: int, text: str, rating: int, tone: str) -> str:
     """Key of the LLM call ledger: the same content is never paid for twice."""
     content = hashlib.sha256(f"{rating}\x00{tone}\x00{text}".encode()).hexdigest()
     key = f"{model}\x00{PROMPT_VERSION}\x00{review_id}\x00{content}"
