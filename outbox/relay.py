@@ -26,7 +26,7 @@ from django_q.conf import Conf
 from django_q.models import OrmQ
 from django_q.signing import SignedPackage
 
-from outbox.models import OutboxEvent
+from outbox.models import Heartbeat, OutboxEvent
 from outbox.routes import routes_for
 from outbox.services import heartbeat_beat
 
@@ -207,13 +207,14 @@ def run(
     poll_interval: float,
     should_stop: Callable[[], bool],
     listen: bool = True,
-    housekeeping_every: float = 10.0,
+    housekeeping_every: float | None = None,
     heartbeat_name: str = "relay",
 ) -> None:
     """The relay loop: hand off while there is work, otherwise wait for NOTIFY or the poll.
 
     Call it from the main thread: a wake-up pipe lets SIGTERM interrupt a long wait.
     """
+    housekeeping_every = housekeeping_every or settings.RELAY_HOUSEKEEPING_S
     wake_r, wake_w = os.pipe()
     os.set_blocking(wake_w, False)
     previous_fd = signal.set_wakeup_fd(wake_w)
@@ -254,6 +255,7 @@ def run(
 
 def housekeeping() -> None:
     sweep_once(deadline=timedelta(seconds=settings.DELIVERY_DEADLINE_S))
+    Heartbeat.objects.filter(beat_at__lt=timezone.now() - timedelta(days=1)).delete()
     pruned = prune_once(
         older_than=timedelta(hours=settings.OUTBOX_RETENTION_HOURS),
         batch_size=settings.OUTBOX_PRUNE_BATCH,

@@ -142,6 +142,8 @@ RELAY_BATCH_SIZE = env_int("RELAY_BATCH_SIZE", 500)
 RELAY_POLL_INTERVAL_S = env_float("RELAY_POLL_INTERVAL_S", 1.0)
 OUTBOX_RETENTION_HOURS = env_int("OUTBOX_RETENTION_HOURS", 72)
 OUTBOX_PRUNE_BATCH = env_int("OUTBOX_PRUNE_BATCH", 1000)
+# How often a relay sweeps overdue hand-offs and prunes old events.
+RELAY_HOUSEKEEPING_S = env_float("RELAY_HOUSEKEEPING_S", 10.0)
 
 # --- The analyzer -----------------------------------------------------------------------------
 OPENAI_API_KEY = env_str("OPENAI_API_KEY")
@@ -178,7 +180,7 @@ ALERT_WEBHOOK_TIMEOUT_S = env_float("ALERT_WEBHOOK_TIMEOUT_S", 5.0)
 # retry > T × (1 + ceil((queue_limit + 1) / workers)) so prefetched tasks never run twice.
 Q_WORKERS = env_int("Q_WORKERS", 8)
 Q_QUEUE_LIMIT = 2
-Q_TIMEOUT_S = int(LLM_TIMEOUT_S * (LLM_SDK_MAX_RETRIES + 1) + LLM_BATCH_WAIT_MS / 1000 + 15)
+Q_TIMEOUT_S = int(LLM_TIMEOUT_S * (LLM_SDK_MAX_RETRIES + 1) + LLM_BATCH_WAIT_MS / 1000 + 10)
 Q_RETRY_S = (Q_TIMEOUT_S + 3) * (1 + math.ceil((Q_QUEUE_LIMIT + 1) / Q_WORKERS)) + 10
 Q_CLUSTER = {
     "name": "reviews",

@@ -45,6 +45,14 @@ def _body(exc: openai.APIStatusError) -> str:
         return ""
 
 
+def _content(body: str) -> str:
+    """The model's own answer inside a chat.completion body (the body itself if unreadable)."""
+    try:
+        return json.loads(body)["choices"][0]["message"]["content"] or ""
+    except (ValueError, KeyError, IndexError, TypeError):
+        return body
+
+
 class OpenAIProvider:
     def __init__(
         self, *, api_key: str, base_url: str | None, model: str, timeout: float, max_retries: int
@@ -84,7 +92,8 @@ class OpenAIProvider:
                 completion = response.parse()
             except (ValidationError, json.JSONDecodeError) as exc:
                 raise PermanentError(
-                    f"schema-invalid output: {exc.__class__.__name__}", raw=response.text[:10000]
+                    f"schema-invalid output: {exc.__class__.__name__}",
+                    raw=_content(response.text)[:10000],
                 ) from exc
         except openai.RateLimitError as exc:
             body = _body(exc)
