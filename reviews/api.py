@@ -7,6 +7,7 @@ from drf_spectacular.utils import extend_schema, inline_serializer
 from rest_framework import serializers, status
 from rest_framework.exceptions import PermissionDenied
 from rest_framework.response import Response
+from rest_framework.throttling import ScopedRateThrottle
 from rest_framework.views import APIView
 
 from reviews.models import Restaurant, Review
@@ -45,7 +46,22 @@ ACCEPTED = inline_serializer(
 )
 
 
+class SubmitThrottle(ScopedRateThrottle):
+    """Limits review submissions per token (per IP when anonymous); reads are not throttled."""
+
+    def allow_request(self, request, view) -> bool:
+        if request.method != "POST":
+            return True
+        return super().allow_request(request, view)
+
+    def get_rate(self) -> str | None:
+        # Read at request time so the rate follows settings (and "off" turns it off).
+        return None if settings.API_REVIEW_RATE == "off" else settings.API_REVIEW_RATE
+
+
 class ReviewListCreateApi(APIView):
+    throttle_classes = [SubmitThrottle]
+    throttle_scope = "review_submit"
     class Input(serializers.Serializer):
         restaurant = serializers.PrimaryKeyRelatedField(queryset=Restaurant.objects.all())
         rating = serializers.IntegerField(min_value=1, max_value=5)

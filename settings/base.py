@@ -118,6 +118,8 @@ REST_FRAMEWORK = {
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
 }
+# Per-token limit on review submissions, counted in the shared cache ("off" disables it).
+API_REVIEW_RATE = env_str("API_REVIEW_RATE", "3000/min")
 SPECTACULAR_SETTINGS = {
     "TITLE": "Restaurant reviews API",
     "DESCRIPTION": "Reviews are accepted at once and analysed by AI in the background.",

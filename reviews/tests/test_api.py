@@ -156,4 +156,22 @@ def test_post_is_two_inserts_and_a_notify(api, restaurant):
     with CaptureQueriesContext(connection) as ctx:
         api.post(URL, {"restaurant": restaurant.pk, "rating": 3, "text": "ok"}, format="json")
     sql = " ".join(q["sql"] for q in ctx.captured_queries)
-    assert sql.count("INSERT INTO") == 2 and "pg_notify" in sql
+    assert sql.count('INSERT INTO "reviews_review"') == 1
+    assert sql.count('INSERT INTO "outbox_outboxevent"') == 1
+    assert "pg_notify" in sql
+
+
+@pytest.mark.django_db
+def test_submissions_are_rate_limited_per_token_through_the_shared_cache(api, owner_api, restaurant, settings):
+    from django.core.cache import cache
+
+    cache.clear()
+    settings.API_REVIEW_RATE = "3/min"
+    body = {"restaurant": restaurant.pk, "rating": 3, "text": "ok"}
+    assert [api.post(URL, body, format="json").status_code for _ in range(3)] == [202] * 3
+    limited = api.post(URL, body, format="json")
+    assert limited.status_code == 429 and int(limited["Retry-After"]) > 0
+    assert Review.objects.count() == 3
+    assert owner_api.post(URL, body, format="json").status_code == 202  # another token has its own budget
+    assert api.get(URL).status_code == 200  # reads are not limited
+    cache.clear()
