@@ -15,7 +15,7 @@ done
 # Sets DATABASE_URL for the rest of a recipe line (starts PostgreSQL if needed).
 WITH_DB = export DATABASE_URL="$$(bash .ci/postgres.sh)" &&
 
-.PHONY: help venv run test lint format db seed bench chaos clean
+.PHONY: help venv run test lint format db seed bench bench-relay chaos clean
 
 help:
 	@echo "make run    set up everything and start web, relay, worker (and the fake LLM)"
@@ -61,6 +61,18 @@ lint: venv
 format: venv
 	$(VENV)/bin/ruff format .
 	$(VENV)/bin/ruff check --fix .
+
+BENCH_DB = $${BENCH_DATABASE_URL:-postgres://postgres@127.0.0.1:5432/reviews_bench}
+
+bench: venv
+	@bash .ci/system-deps.sh wrk
+	@export DATABASE_URL="$(BENCH_DB)" && $(WITH_DB) $(PY) bench/run.py $(if $(QUICK),--quick) $(BENCH_ARGS)
+
+bench-relay: venv
+	@export DATABASE_URL="$(BENCH_DB)" && $(WITH_DB) $(PY) bench/run.py --only relay $(if $(QUICK),--quick)
+
+chaos: venv
+	@$(PY) bench/chaos.py $(if $(QUICK),--quick) $(CHAOS_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache test-artifacts

@@ -20,7 +20,9 @@ def other_owner(db):
 
 @pytest.fixture
 def staff(db):
-    return get_user_model().objects.create_user("staff", password="staff-pass-123", is_staff=True, is_superuser=True)
+    return get_user_model().objects.create_user(
+        "staff", password="staff-pass-123", is_staff=True, is_superuser=True
+    )
 
 
 @pytest.fixture

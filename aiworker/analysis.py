@@ -163,7 +163,9 @@ def validate_item(item: ItemAnalysis) -> Analysis:
     return Analysis(sentiment=item.sentiment, tags=tags, language=item.language, reply_draft=draft)
 
 
-def split_batch(batch: BatchAnalysis, refs: list[str]) -> tuple[dict[str, Analysis], dict[str, str]]:
+def split_batch(
+    batch: BatchAnalysis, refs: list[str]
+) -> tuple[dict[str, Analysis], dict[str, str]]:
     """Match an answer to the ids sent: returns (valid results, ref -> reason for the rest)."""
     sent = set(refs)
     results: dict[str, Analysis] = {}

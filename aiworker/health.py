@@ -1,6 +1,9 @@
 """Liveness, readiness and Prometheus metrics, read from the database so every process agrees."""
 
+import sys
+
 from django.db import connection
+from django.db.utils import InterfaceError, OperationalError
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.views.decorators.http import require_GET
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -30,3 +33,25 @@ def readyz(request: HttpRequest) -> HttpResponse:
 @require_GET
 def metrics(request: HttpRequest) -> HttpResponse:
     return HttpResponse(generate_latest(pipeline.registry()), content_type=CONTENT_TYPE_LATEST)
+
+
+def server_error(request: HttpRequest) -> HttpResponse:
+    """handler500: a database outage is a 503 with a clear body, never a stack trace.
+
+    Nothing was committed when this runs, so the client may safely retry.
+    """
+    exc = sys.exc_info()[1]
+    if isinstance(exc, OperationalError | InterfaceError):
+        status, message = 503, "Service temporarily unavailable: nothing was saved, please retry."
+    else:
+        status, message = 500, "Internal server error."
+    if request.path.startswith("/api/") or not request.accepts("text/html"):
+        response = JsonResponse({"detail": message}, status=status)
+    else:
+        # Plain HTML without templates or the database: this must work while they are down.
+        response = HttpResponse(
+            f"<!doctype html><title>{status}</title><h1>{message}</h1>", status=status
+        )
+    if status == 503:
+        response["Retry-After"] = "5"
+    return response

@@ -13,6 +13,7 @@ from datetime import timedelta
 
 from django.conf import settings
 from django.db import transaction
+from django.db.models import F
 from django.utils import timezone
 
 from aiworker import notify
@@ -24,7 +25,15 @@ from aiworker.analysis import (
     parse_batch,
     split_batch,
 )
-from aiworker.ledger import call_record, results_lookup, results_store
+from aiworker.ledger import (
+    Denied,
+    admission_check,
+    breaker_open_until,
+    call_begin,
+    call_finish,
+    results_lookup,
+    results_store,
+)
 from aiworker.models import AnalysisJob, LlmCall
 from aiworker.providers import (
     PermanentError,
@@ -34,6 +43,8 @@ from aiworker.providers import (
     TransientError,
     get_provider,
 )
+from aiworker.providers.local import MODEL as LOCAL_MODEL
+from aiworker.providers.local import analyze_text, is_food_safety
 from aiworker.services import dead_letter_file
 from outbox.services import event_finish, event_lock, event_retry_at
 from reviews.models import Review
@@ -49,7 +60,6 @@ logger = logging.getLogger("aiworker")
 
 TASK = "aiworker.tasks.analyze_event"
 BUSY_RETRY = timedelta(seconds=2)
-UNAVAILABLE_RECHECK = timedelta(seconds=60)
 
 
 def backoff(attempts: int) -> timedelta:
@@ -74,7 +84,18 @@ def event_analyze(*, event_id: str) -> str:
         if job is not None and job.state != AnalysisJob.State.PENDING:
             event_finish(event=event, task=TASK)
             return job.state
-        created_at = event.created_at
+        created_at, handed_off_at = event.created_at, event.published_at
+
+    denied = admission_check()
+    if denied is not None:
+        # Cheap early exit: no batch is claimed while the breaker is open or the budget spent.
+        own = reviews_claim_for_analysis(
+            review_id=review_id, revision=revision, limit=1, lease=timedelta(seconds=30)
+        )
+        if not own:
+            _retry_event(event_id, timezone.now() + BUSY_RETRY)
+            return "busy"
+        return _park(event_id, own, denied, refund=False)
 
     # Let a batch fill for a moment, never longer than the configured wait.
     wait = settings.LLM_BATCH_WAIT_MS / 1000 - (timezone.now() - created_at).total_seconds()
@@ -117,21 +138,32 @@ def event_analyze(*, event_id: str) -> str:
     if to_call:
         refs = {f"r{i}": c for i, c in enumerate(to_call, start=1)}
         items = [ReviewInput(ref=ref, rating=c.rating, text=c.text) for ref, c in refs.items()]
-        call_fps = [fingerprints[c.id] for c in to_call]
-        ids = [c.id for c in to_call]
+        admitted = call_begin(
+            model=provider.model,
+            fingerprints=[fingerprints[c.id] for c in to_call],
+            review_ids=[c.id for c in to_call],
+            handed_off_at=handed_off_at,
+        )
+        if isinstance(admitted, Denied):
+            return _park(event_id, batch, admitted, refund=True)
+        call = admitted
         started = time.perf_counter()
         try:
             answer = provider.complete(items, tone=to_call[0].tone)
         except ProviderError as exc:
-            call_record(
-                model=provider.model,
-                fingerprints=call_fps,
-                review_ids=ids,
-                status=LlmCall.Status.RATE_LIMITED if isinstance(exc, RateLimited) else LlmCall.Status.ERROR,
+            call_finish(
+                call,
+                status=LlmCall.Status.RATE_LIMITED
+                if isinstance(exc, RateLimited)
+                else LlmCall.Status.ERROR,
                 latency_ms=int((time.perf_counter() - started) * 1000),
-                error_class=exc.__class__.__name__,
+                error=exc,
                 raw_response=exc.raw,
             )
+            if isinstance(exc, ProviderUnavailable):
+                # The ledger has opened the breaker; these reviews wait with the others.
+                denied = Denied("breaker", f"AI provider unavailable: {exc}", breaker_open_until())
+                return _park(event_id, batch, denied, refund=True)
             return _handle_failure(event_id, review_id, batch, jobs, exc)
         latency_ms = int((time.perf_counter() - started) * 1000)
         try:
@@ -139,10 +171,8 @@ def event_analyze(*, event_id: str) -> str:
         except AnalysisRejected as exc:
             ok, bad = {}, {ref: str(exc) for ref in refs}
         raw, model = answer.raw, answer.model or provider.model
-        call = call_record(
-            model=model,
-            fingerprints=call_fps,
-            review_ids=ids,
+        call_finish(
+            call,
             status=LlmCall.Status.OK if ok else LlmCall.Status.REJECTED,
             latency_ms=latency_ms,
             answer=answer,
@@ -190,6 +220,51 @@ def _count_attempts(
     return batch, jobs
 
 
+def _park(event_id: str, batch: list[ClaimedReview], denied: Denied, *, refund: bool) -> str:
+    """Breaker open or budget spent: give attempts back, wait, and never fail the review.
+
+    Food-safety alerts do not wait for the budget: the offline keyword rule raises them now.
+    With LLM_FALLBACK_LOCAL, the offline analyzer writes a provisional analysis meanwhile.
+    """
+    with transaction.atomic():
+        event = event_lock(event_id=event_id)
+        if refund:  # attempts counted for a call that was not made (or not our fault)
+            AnalysisJob.objects.filter(
+                review_id__in=[c.id for c in batch], state=AnalysisJob.State.PENDING, attempts__gt=0
+            ).update(attempts=F("attempts") - 1)
+        reviews_release(review_ids=[c.id for c in batch])
+        waiting = (
+            "waiting for AI budget" if denied.kind == "budget" else "waiting for the AI provider"
+        )
+        for c in batch:
+            review_mark_pending(review_id=c.id, waiting=waiting)
+            if settings.LLM_FALLBACK_LOCAL:
+                local = analyze_text(text=c.text, rating=c.rating, tone=c.tone)
+                review = review_apply_analysis(
+                    review_id=c.id,
+                    revision=c.revision,
+                    sentiment=local.sentiment,
+                    tags=local.tags,
+                    language=local.language,
+                    reply_draft=local.reply_draft,
+                    model=LOCAL_MODEL,
+                    provisional=True,
+                    waiting=waiting,
+                )
+            else:
+                review = (
+                    Review.objects.select_for_update().filter(pk=c.id, revision=c.revision).first()
+                )
+            if review is not None and is_food_safety(c.text):
+                notify.alert_raise(review=review)
+        if event is not None and TASK not in event.finished_tasks:
+            event_retry_at(
+                event=event, when=denied.until, parked_reason=f"{denied.kind}: {denied.reason}"
+            )
+    logger.info("event %s parked until %s: %s", event_id, denied.until, denied.reason)
+    return "parked"
+
+
 def _retry_event(event_id: str, when, parked_reason: str = "") -> None:
     with transaction.atomic():
         event = event_lock(event_id=event_id)
@@ -210,27 +285,21 @@ def _handle_failure(
         event = event_lock(event_id=event_id)
         locked = {
             j.review_id: j
-            for j in AnalysisJob.objects.select_for_update().filter(pk__in=[j.pk for j in jobs.values()])
+            for j in AnalysisJob.objects.select_for_update().filter(
+                pk__in=[j.pk for j in jobs.values()]
+            )
         }
-        if isinstance(exc, RateLimited | ProviderUnavailable):
+        if isinstance(exc, RateLimited):
             # Nothing is wrong with these reviews: give the attempts back and wait.
             for job in locked.values():
                 job.attempts = max(job.attempts - 1, 0)
                 job.save(update_fields=["attempts"])
             reviews_release(review_ids=ids)
-            if isinstance(exc, RateLimited):
-                when = now + timedelta(seconds=exc.retry_after + random.uniform(0, 0.5))  # noqa: S311
-                reason = ""
-                logger.info("rate limited: event %s waits %.1fs", event_id, exc.retry_after)
-            else:
-                when = now + UNAVAILABLE_RECHECK
-                reason = f"provider unavailable: {exc}"
-                logger.error("AI provider unavailable (%s); events are parked, not failed", exc)
-                for review_id in ids:
-                    review_mark_pending(review_id=review_id, waiting="waiting for the AI provider")
+            when = now + timedelta(seconds=exc.retry_after + random.uniform(0, 0.5))  # noqa: S311
+            logger.info("rate limited: event %s waits %.1fs", event_id, exc.retry_after)
             if event is not None and TASK not in event.finished_tasks:
-                event_retry_at(event=event, when=when, parked_reason=reason)
-            return "rate_limited" if isinstance(exc, RateLimited) else "parked"
+                event_retry_at(event=event, when=when)
+            return "rate_limited"
 
         own = locked[own_review_id]
         for job in locked.values():

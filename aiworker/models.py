@@ -75,9 +75,11 @@ class DeadLetter(models.Model):
 
 
 class LlmCall(models.Model):
-    """The LLM call ledger: one row per provider call, written right after it returns."""
+    """The LLM call ledger: one row per provider call, inserted before the call (so budgets
+    count calls in flight) and completed right after it returns."""
 
     class Status(models.TextChoices):
+        STARTED = "started", "In flight (or its worker died)"
         OK = "ok"
         ERROR = "error"
         RATE_LIMITED = "rate_limited"
@@ -97,6 +99,8 @@ class LlmCall(models.Model):
     cost_usd = models.DecimalField(max_digits=12, decimal_places=6, default=0)
     request_id = models.CharField(max_length=200, blank=True)
     raw_response = models.TextField(blank=True)
+    # When the event that led to this call was handed to the queue: start − this = queue wait.
+    handed_off_at = models.DateTimeField(null=True, blank=True)
     created_at = models.DateTimeField(auto_now_add=True, db_index=True)
 
     class Meta:
@@ -115,6 +119,9 @@ class LlmResult(models.Model):
     result = models.JSONField()
     created_at = models.DateTimeField(auto_now_add=True)
 
+    def __str__(self) -> str:
+        return f"result for review {self.review_id}"
+
 
 class Alert(models.Model):
     """A critical-review alert; one per review, however often its events are delivered."""
@@ -124,3 +131,58 @@ class Alert(models.Model):
     created_at = models.DateTimeField(auto_now_add=True)
     sent_at = models.DateTimeField(null=True, blank=True)
     channel = models.CharField(max_length=20, blank=True)
+
+    def __str__(self) -> str:
+        return f"alert for review {self.review_id}"
+
+
+class Breaker(models.Model):
+    """Circuit breaker state shared by every worker process (one row per provider)."""
+
+    class State(models.TextChoices):
+        CLOSED = "closed"
+        OPEN = "open"
+        HALF_OPEN = "half_open", "Half-open (probing)"
+
+    name = models.CharField(max_length=50, primary_key=True)
+    state = models.CharField(max_length=10, choices=State.choices, default=State.CLOSED)
+    consecutive_failures = models.PositiveIntegerField(default=0)
+    open_until = models.DateTimeField(null=True, blank=True)
+    probe_started_at = models.DateTimeField(null=True, blank=True)
+    reason = models.CharField(max_length=300, blank=True)
+    changed_at = models.DateTimeField(auto_now=True)
+
+    def __str__(self) -> str:
+        return f"{self.name}: {self.state}"
+
+
+class Budget(models.Model):
+    """Run-time overrides of the LLM budgets; blank means the setting's value (None = unlimited)."""
+
+    name = models.CharField(max_length=50, primary_key=True, default="llm")
+    requests_per_hour = models.PositiveIntegerField(null=True, blank=True)
+    tokens_per_hour = models.PositiveBigIntegerField(null=True, blank=True)
+    tokens_per_day = models.PositiveBigIntegerField(null=True, blank=True)
+    usd_per_day = models.DecimalField(max_digits=10, decimal_places=2, null=True, blank=True)
+    updated_at = models.DateTimeField(auto_now=True)
+    updated_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+
+    def __str__(self) -> str:
+        return f"budget {self.name}"
+
+
+class PipelineSample(models.Model):
+    """A periodic snapshot of backlog and lag, for the operators' chart of the last hour."""
+
+    at = models.DateTimeField(db_index=True)
+    queue_depth = models.PositiveIntegerField()
+    outbox_unpublished = models.PositiveIntegerField()
+    parked = models.PositiveIntegerField()
+    pending_reviews = models.PositiveIntegerField()
+    lag_p50_s = models.FloatField(null=True)
+    lag_p99_s = models.FloatField(null=True)
+
+    def __str__(self) -> str:
+        return f"sample at {self.at:%H:%M:%S}"

@@ -49,7 +49,7 @@ def alert_message(review: Review) -> dict:
 
 
 def _post(url: str, message: dict) -> None:
-    request = urllib.request.Request(
+    request = urllib.request.Request(  # noqa: S310 - the URL comes from settings, not from users
         url,
         data=json.dumps(message).encode(),
         headers={"Content-Type": "application/json"},
@@ -65,7 +65,9 @@ def alert_send(*, event_id: str) -> str:
         event = event_lock(event_id=event_id)
         if event is None or TASK in event.finished_tasks:
             return "duplicate"
-        alert = Alert.objects.select_for_update().filter(review_id=event.payload["review_id"]).first()
+        alert = (
+            Alert.objects.select_for_update().filter(review_id=event.payload["review_id"]).first()
+        )
         if alert is None or alert.sent_at is not None:
             event_finish(event=event, task=TASK)
             return "duplicate"
@@ -75,10 +77,16 @@ def alert_send(*, event_id: str) -> str:
             if url:
                 _post(url, alert_message(review))
             else:
-                logger.warning("CRITICAL review %s for %s (ALERT_WEBHOOK_URL unset)", review.pk, review.restaurant.name)
+                logger.warning(
+                    "CRITICAL review %s for %s (ALERT_WEBHOOK_URL unset)",
+                    review.pk,
+                    review.restaurant.name,
+                )
         except OSError as exc:
             delay = timedelta(seconds=min(5 * 2 ** min(event.handoffs, 8), 900))
-            logger.warning("alert webhook failed (%s); retrying in %s", exc.__class__.__name__, delay)
+            logger.warning(
+                "alert webhook failed (%s); retrying in %s", exc.__class__.__name__, delay
+            )
             event_retry_at(event=event, when=timezone.now() + delay)
             return "retry"
         alert.sent_at = timezone.now()

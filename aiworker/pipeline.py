@@ -3,7 +3,7 @@
 
 from datetime import timedelta
 
-from django.db.models import Count, Min, Q, Sum
+from django.db.models import Count, Min, Sum
 from django.utils import timezone
 from django_q.brokers import get_broker
 from django_q.models import OrmQ
@@ -53,9 +53,7 @@ def snapshot() -> dict:
         "reviews": {status: reviews.get(status, 0) for status in Review.Status.values},
         "jobs": dict(AnalysisJob.objects.values_list("state").annotate(n=Count("id"))),
         "dead_letters_open": DeadLetter.objects.filter(status=DeadLetter.Status.OPEN).count(),
-        "llm_calls": [
-            {**c, "cost": float(c["cost"] or 0)} for c in calls
-        ],
+        "llm_calls": [{**c, "cost": float(c["cost"] or 0)} for c in calls],
         "heartbeats": {
             hb.name: round((now - hb.beat_at).total_seconds(), 1) for hb in Heartbeat.objects.all()
         },
@@ -65,7 +63,9 @@ def snapshot() -> dict:
 
 def heartbeat_checks() -> dict[str, str]:
     now = timezone.now()
-    relay = Heartbeat.objects.filter(name__startswith="relay", beat_at__gte=now - RELAY_HEARTBEAT_MAX_AGE)
+    relay = Heartbeat.objects.filter(
+        name__startswith="relay", beat_at__gte=now - RELAY_HEARTBEAT_MAX_AGE
+    )
     return {
         "relay": "ok" if relay.exists() else "no recent relay heartbeat",
         "worker": "ok" if Stat.get_all() else "no running qcluster",
@@ -78,16 +78,30 @@ class _SnapshotCollector:
         for name, value in snap["outbox"].items():
             unit_free = name.removesuffix("_s")
             yield GaugeMetricFamily(f"reviews_outbox_{unit_free}", f"Outbox: {name}", value=value)
-        yield GaugeMetricFamily("reviews_queue_depth", "django-q2 tasks waiting", value=snap["queue"]["depth"])
-        yield GaugeMetricFamily("reviews_queue_taken", "django-q2 tasks taken by a cluster", value=snap["queue"]["taken"])
-        yield GaugeMetricFamily("reviews_dead_letters_open", "Open dead letters", value=snap["dead_letters_open"])
-        by_status = GaugeMetricFamily("reviews_by_analysis_status", "Reviews by status", labels=["status"])
+        yield GaugeMetricFamily(
+            "reviews_queue_depth", "django-q2 tasks waiting", value=snap["queue"]["depth"]
+        )
+        yield GaugeMetricFamily(
+            "reviews_queue_taken",
+            "django-q2 tasks taken by a cluster",
+            value=snap["queue"]["taken"],
+        )
+        yield GaugeMetricFamily(
+            "reviews_dead_letters_open", "Open dead letters", value=snap["dead_letters_open"]
+        )
+        by_status = GaugeMetricFamily(
+            "reviews_by_analysis_status", "Reviews by status", labels=["status"]
+        )
         for status, n in snap["reviews"].items():
             by_status.add_metric([status], n)
         yield by_status
         calls = GaugeMetricFamily("reviews_llm_calls", "Provider calls", labels=["model", "status"])
-        tokens = GaugeMetricFamily("reviews_llm_tokens", "Provider tokens", labels=["model", "kind"])
-        cost = GaugeMetricFamily("reviews_llm_cost_usd", "Estimated provider cost", labels=["model"])
+        tokens = GaugeMetricFamily(
+            "reviews_llm_tokens", "Provider tokens", labels=["model", "kind"]
+        )
+        cost = GaugeMetricFamily(
+            "reviews_llm_cost_usd", "Estimated provider cost", labels=["model"]
+        )
         per_model: dict[str, list[float]] = {}
         for c in snap["llm_calls"]:
             calls.add_metric([c["model"], c["status"]], c["n"])

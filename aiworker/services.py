@@ -1,4 +1,4 @@
-"""Dead letters: filing them, replaying them through the outbox, discarding them."""
+"""Staff-facing writes of the worker: dead letters (file, replay, discard), budget, breaker."""
 
 import hashlib
 import re
@@ -9,8 +9,9 @@ from django.contrib.auth.models import AbstractBaseUser
 from django.db import transaction
 from django.utils import timezone
 
-from aiworker.models import AnalysisJob, DeadLetter
-from outbox.services import event_publish
+from aiworker.ledger import BREAKER_NAME
+from aiworker.models import AnalysisJob, Breaker, Budget, DeadLetter
+from outbox.services import event_publish, events_unpark
 from reviews.models import Review
 from reviews.services import review_mark_failed, review_mark_pending
 
@@ -120,3 +121,37 @@ def dead_letters_discard(*, ids: list[int], user: AbstractBaseUser | None) -> in
             resolved_at=timezone.now(),
             resolved_by=user if user and user.is_authenticated else None,
         )
+
+
+def budget_update(
+    *,
+    user: AbstractBaseUser | None,
+    requests_per_hour: int | None,
+    tokens_per_hour: int | None,
+    tokens_per_day: int | None,
+    usd_per_day=None,
+) -> Budget:
+    """Staff change the run-time budget; events parked for budget get another look at once."""
+    with transaction.atomic():
+        budget, _ = Budget.objects.select_for_update().get_or_create(name=BREAKER_NAME)
+        budget.requests_per_hour = requests_per_hour
+        budget.tokens_per_hour = tokens_per_hour
+        budget.tokens_per_day = tokens_per_day
+        budget.usd_per_day = usd_per_day
+        budget.updated_by = user if user and user.is_authenticated else None
+        budget.save()
+        events_unpark(reason_prefix="budget")
+    return budget
+
+
+def breaker_close(*, user: AbstractBaseUser | None) -> int:
+    """Staff close the breaker by hand (e.g. after fixing the API key); parked events resume."""
+    with transaction.atomic():
+        Breaker.objects.filter(name=BREAKER_NAME).update(
+            state=Breaker.State.CLOSED,
+            consecutive_failures=0,
+            open_until=None,
+            probe_started_at=None,
+            reason=f"closed by {getattr(user, 'username', 'staff')}",
+        )
+        return events_unpark(reason_prefix="breaker")

@@ -5,8 +5,22 @@ from outbox.models import Heartbeat, OutboxEvent
 
 @admin.register(OutboxEvent)
 class OutboxEventAdmin(admin.ModelAdmin):
-    list_display = ["id", "topic", "key", "state", "created_at", "available_at", "published_at", "finished_at", "handoffs"]
-    list_filter = ["topic", ("published_at", admin.EmptyFieldListFilter), ("finished_at", admin.EmptyFieldListFilter)]
+    list_display = [
+        "id",
+        "topic",
+        "key",
+        "state",
+        "created_at",
+        "available_at",
+        "published_at",
+        "finished_at",
+        "handoffs",
+    ]
+    list_filter = [
+        "topic",
+        ("published_at", admin.EmptyFieldListFilter),
+        ("finished_at", admin.EmptyFieldListFilter),
+    ]
     search_fields = ["key", "id"]
     date_hierarchy = "created_at"
 

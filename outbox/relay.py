@@ -88,7 +88,11 @@ def relay_once(*, batch_size: int) -> HandOff:
                 unrouted += 1
                 continue
             rows.extend(
-                OrmQ(key=queue_key, payload=task_package(func=f, event_id=event_id, topic=topic), lock=now)
+                OrmQ(
+                    key=queue_key,
+                    payload=task_package(func=f, event_id=event_id, topic=topic),
+                    lock=now,
+                )
                 for f in funcs
             )
         if unrouted:
@@ -145,7 +149,11 @@ def sweep_once(*, deadline: timedelta, batch_size: int = 500) -> int:
                 published_at=None, available_at=timezone.now()
             )
     if ids:
-        logger.warning("sweeper: %d events handed off %s ago and not finished, handed off again", len(ids), deadline)
+        logger.warning(
+            "sweeper: %d events handed off %s ago and not finished, handed off again",
+            len(ids),
+            deadline,
+        )
     return len(ids)
 
 
@@ -236,7 +244,9 @@ def run(
             except (OperationalError, InterfaceError, DatabaseError) as exc:
                 failures += 1
                 delay = min(0.2 * 2**failures, 5.0)
-                logger.warning("database unavailable (%s); retrying in %.1fs", exc.__class__.__name__, delay)
+                logger.warning(
+                    "database unavailable (%s); retrying in %.1fs", exc.__class__.__name__, delay
+                )
                 connection.close()
                 time.sleep(delay)
                 continue

@@ -60,7 +60,9 @@ def events_unpark(*, reason_prefix: str = "") -> int:
     """Make parked events available now, e.g. when staff raise a budget."""
     with transaction.atomic():
         count = (
-            OutboxEvent.objects.filter(published_at__isnull=True, parked_reason__startswith=reason_prefix)
+            OutboxEvent.objects.filter(
+                published_at__isnull=True, parked_reason__startswith=reason_prefix
+            )
             .exclude(parked_reason="")
             .update(available_at=timezone.now(), parked_reason="")
         )

@@ -62,11 +62,14 @@ class SubmitThrottle(ScopedRateThrottle):
 class ReviewListCreateApi(APIView):
     throttle_classes = [SubmitThrottle]
     throttle_scope = "review_submit"
+
     class Input(serializers.Serializer):
         restaurant = serializers.PrimaryKeyRelatedField(queryset=Restaurant.objects.all())
         rating = serializers.IntegerField(min_value=1, max_value=5)
         text = serializers.CharField(max_length=settings.REVIEW_TEXT_MAX_CHARS, allow_blank=False)
-        author_name = serializers.CharField(max_length=100, required=False, allow_blank=True, default="")
+        author_name = serializers.CharField(
+            max_length=100, required=False, allow_blank=True, default=""
+        )
 
         def validate_rating(self, value):
             # IntegerField accepts "4" and 4.0; a rating must be a JSON integer.

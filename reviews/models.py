@@ -54,7 +54,8 @@ class Review(models.Model):
     analysis_waiting = models.CharField(max_length=200, blank=True)
     analysis_revision = models.PositiveIntegerField(null=True, blank=True)
     analysis_provisional = models.BooleanField(default=False)
-    sentiment = models.CharField(max_length=10, choices=Sentiment.choices, null=True, blank=True)
+    # NULL, not "", until analysed: the API promises `sentiment: null` for a pending review.
+    sentiment = models.CharField(max_length=10, choices=Sentiment.choices, null=True, blank=True)  # noqa: DJ001
     tags = models.JSONField(default=list, blank=True)
     language = models.CharField(max_length=5, blank=True)
     reply_draft = models.TextField(blank=True)
@@ -78,10 +79,11 @@ class Review(models.Model):
         ]
         indexes = [
             models.Index(fields=["restaurant", "-created_at"], name="review_restaurant_idx"),
+            # Reviews still needing an analysis: pending, or only provisionally analysed.
             models.Index(
                 fields=["restaurant", "created_at"],
-                name="review_pending_idx",
-                condition=Q(analysis_status="pending"),
+                name="review_needs_analysis_idx",
+                condition=Q(analysis_status="pending") | Q(analysis_provisional=True),
             ),
         ]
 

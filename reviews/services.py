@@ -93,7 +93,9 @@ def reply_approve(*, review: Review, text: str, user: AbstractBaseUser) -> Revie
         review.reply_text = text
         review.reply_approved_at = timezone.now()
         review.reply_approved_by = user
-        review.save(update_fields=["reply_text", "reply_approved_at", "reply_approved_by", "updated_at"])
+        review.save(
+            update_fields=["reply_text", "reply_approved_at", "reply_approved_by", "updated_at"]
+        )
     return review
 
 
@@ -126,27 +128,26 @@ def reviews_claim_for_analysis(
     """
     now = timezone.now()
     free = Q(analysis_claimed_until__isnull=True) | Q(analysis_claimed_until__lt=now)
+    # A provisional analysis (offline fallback) still needs the real one.
+    needed = Q(analysis_status=Review.Status.PENDING) | Q(analysis_provisional=True)
     with transaction.atomic():
         own = (
             Review.objects.select_for_update(skip_locked=True)
-            .filter(free, pk=review_id, revision=revision, analysis_status=Review.Status.PENDING)
+            .filter(free, needed, pk=review_id, revision=revision)
             .first()
         )
         if own is None:
             return []
         others = list(
             Review.objects.select_for_update(skip_locked=True)
-            .filter(
-                free,
-                restaurant_id=own.restaurant_id,
-                reply_tone=own.reply_tone,
-                analysis_status=Review.Status.PENDING,
-            )
+            .filter(free, needed, restaurant_id=own.restaurant_id, reply_tone=own.reply_tone)
             .exclude(pk=own.pk)
             .order_by("created_at")[: max(limit - 1, 0)]
         )
         batch = [own, *others]
-        Review.objects.filter(pk__in=[r.pk for r in batch]).update(analysis_claimed_until=now + lease)
+        Review.objects.filter(pk__in=[r.pk for r in batch]).update(
+            analysis_claimed_until=now + lease
+        )
     return [ClaimedReview(r.pk, r.revision, r.rating, r.text, r.reply_tone) for r in batch]
 
 
@@ -164,6 +165,7 @@ def review_apply_analysis(
     reply_draft: str,
     model: str,
     provisional: bool = False,
+    waiting: str = "",
     analyzed_at: datetime | None = None,
 ) -> Review | None:
     """Write an analysis if it is for the current revision. Returns None for a stale result.
@@ -180,7 +182,8 @@ def review_apply_analysis(
     review.analysis_status = Review.Status.DONE
     review.analysis_revision = revision
     review.analysis_provisional = provisional
-    review.analysis_waiting = ""
+    # A provisional analysis still waits for the real one, and says why.
+    review.analysis_waiting = waiting
     review.sentiment = sentiment
     review.tags = tags
     review.language = language
@@ -198,7 +201,9 @@ def review_mark_failed(*, review_id: int, revision: int) -> bool:
     return bool(
         Review.objects.filter(pk=review_id, revision=revision)
         .exclude(analysis_status=Review.Status.DONE)
-        .update(analysis_status=Review.Status.FAILED, analysis_claimed_until=None, analysis_waiting="")
+        .update(
+            analysis_status=Review.Status.FAILED, analysis_claimed_until=None, analysis_waiting=""
+        )
     )
 
 

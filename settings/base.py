@@ -167,6 +167,14 @@ DELIVERY_DEADLINE_S = env_int("DELIVERY_DEADLINE_S", 600)
 LLM_BUDGET_REQUESTS_PER_HOUR = env_int("LLM_BUDGET_REQUESTS_PER_HOUR", None)
 LLM_BUDGET_TOKENS_PER_HOUR = env_int("LLM_BUDGET_TOKENS_PER_HOUR", None)
 LLM_BUDGET_TOKENS_PER_DAY = env_int("LLM_BUDGET_TOKENS_PER_DAY", None)
+LLM_BUDGET_USD_PER_DAY = env_float("LLM_BUDGET_USD_PER_DAY", 0.0) or None
+# Circuit breaker: open after this many consecutive failures, for this long; 401/403/quota
+# open it at once for longer. While open, events wait; they are never dead-lettered for it.
+LLM_BREAKER_FAILURES = env_int("LLM_BREAKER_FAILURES", 5)
+LLM_BREAKER_COOLDOWN_S = env_float("LLM_BREAKER_COOLDOWN_S", 30.0)
+LLM_BREAKER_AUTH_COOLDOWN_S = env_float("LLM_BREAKER_AUTH_COOLDOWN_S", 300.0)
+# While the breaker is open, write a provisional analysis from the offline analyzer.
+LLM_FALLBACK_LOCAL = env_bool("LLM_FALLBACK_LOCAL", False)
 # USD per million tokens (input, output); used for the ledger's cost estimate.
 LLM_PRICES = {
     "gpt-4o-mini": (0.15, 0.60),

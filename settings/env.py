@@ -1,6 +1,7 @@
 """Typed readers for environment variables that fail loudly on bad values."""
 
 import os
+
 from django.core.exceptions import ImproperlyConfigured
 
 

@@ -7,6 +7,7 @@ from settings.base import DATABASES
 
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 DATABASES["default"]["TEST"] = {
-    "NAME": "test_reviews" + (f"_{os.environ['TEST_DB_SUFFIX']}" if os.environ.get("TEST_DB_SUFFIX") else "")
+    "NAME": "test_reviews"
+    + (f"_{os.environ['TEST_DB_SUFFIX']}" if os.environ.get("TEST_DB_SUFFIX") else "")
 }
 LLM_BACKOFF_BASE_S = 0.2

@@ -14,3 +14,5 @@ urlpatterns = [
     path("metrics", health.metrics, name="metrics"),
     path("", include("reviews.urls")),
 ]
+
+handler500 = "aiworker.health.server_error"

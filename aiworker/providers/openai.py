@@ -75,7 +75,10 @@ class OpenAIProvider:
             # One repair try: tell the model what was wrong with its answer.
             messages += [
                 {"role": "assistant", "content": exc.raw[:4000]},
-                {"role": "user", "content": f"That answer was invalid ({exc}). Answer again with valid JSON for the same reviews."},
+                {
+                    "role": "user",
+                    "content": f"That answer was invalid ({exc}). Answer again with valid JSON for the same reviews.",
+                },
             ]
             return self._parse(messages)
 
@@ -102,20 +105,32 @@ class OpenAIProvider:
             raise RateLimited("rate limited", retry_after=_retry_after(exc), raw=body) from exc
         except (openai.AuthenticationError, openai.PermissionDeniedError) as exc:
             raise ProviderUnavailable(
-                f"provider refused our credentials ({exc.status_code})", raw=_body(exc), status=exc.status_code
+                f"provider refused our credentials ({exc.status_code})",
+                raw=_body(exc),
+                status=exc.status_code,
             ) from exc
-        except (openai.BadRequestError, openai.UnprocessableEntityError, openai.NotFoundError) as exc:
+        except (
+            openai.BadRequestError,
+            openai.UnprocessableEntityError,
+            openai.NotFoundError,
+        ) as exc:
             raise PermanentError(
-                f"provider rejected the request ({exc.status_code})", raw=_body(exc), status=exc.status_code
+                f"provider rejected the request ({exc.status_code})",
+                raw=_body(exc),
+                status=exc.status_code,
             ) from exc
         except openai.APIStatusError as exc:
-            raise TransientError(f"provider error {exc.status_code}", raw=_body(exc), status=exc.status_code) from exc
+            raise TransientError(
+                f"provider error {exc.status_code}", raw=_body(exc), status=exc.status_code
+            ) from exc
         except openai.APITimeoutError as exc:
             raise TransientError("provider timed out") from exc
         except openai.APIConnectionError as exc:
             raise TransientError(f"connection error: {exc}") from exc
         except openai.LengthFinishReasonError as exc:
-            raise PermanentError("truncated output (length limit)", raw=str(exc.completion)[:10000]) from exc
+            raise PermanentError(
+                "truncated output (length limit)", raw=str(exc.completion)[:10000]
+            ) from exc
         except openai.ContentFilterFinishReasonError as exc:
             raise PermanentError("refused by content filter") from exc
 

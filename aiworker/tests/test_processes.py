@@ -37,21 +37,30 @@ def stack(proc_env, request):
     s.stop()
 
 
-def test_review_posted_over_http_is_analysed_by_real_processes(stack, live_server, restaurant, platform_user):
+def test_review_posted_over_http_is_analysed_by_real_processes(
+    stack, live_server, restaurant, platform_user
+):
     url = stack.fake_llm()
     stack.relay()
     stack.qcluster()
     token = Token.objects.create(user=platform_user).key
     status, body = http_json(
-        "POST", f"{live_server.url}/api/reviews/",
-        {"restaurant": restaurant.pk, "rating": 1, "text": "Tinha um cabelo no meu prato e passei mal."},
+        "POST",
+        f"{live_server.url}/api/reviews/",
+        {
+            "restaurant": restaurant.pk,
+            "rating": 1,
+            "text": "Tinha um cabelo no meu prato e passei mal.",
+        },
         token=token,
     )
     assert status == 202 and body["analysis_status"] == "pending"
     owner_token = Token.objects.create(user=restaurant.owner).key
 
     def analysed():
-        code, review = http_json("GET", f"{live_server.url}/api/reviews/{body['id']}/", token=owner_token)
+        code, review = http_json(
+            "GET", f"{live_server.url}/api/reviews/{body['id']}/", token=owner_token
+        )
         return review if code == 200 and review["analysis_status"] == "done" else None
 
     review = wait_for(analysed, 30, "the review to be analysed")
@@ -73,7 +82,11 @@ def test_worker_killed_mid_call_still_ends_done_exactly_once(stack, restaurant):
         os.kill(pid, signal.SIGKILL)
     stack.kill("qcluster")
     stack.qcluster()
-    wait_for(lambda: Review.objects.filter(pk=review.pk, analysis_status="done").exists(), 60, "redelivery to finish the review")
+    wait_for(
+        lambda: Review.objects.filter(pk=review.pk, analysis_status="done").exists(),
+        60,
+        "redelivery to finish the review",
+    )
     job = AnalysisJob.objects.get(review=review)
     assert job.state == "done"
     assert fake_stats(url)["calls"] <= 2
@@ -87,10 +100,20 @@ def test_eight_slow_tasks_with_two_workers_none_runs_twice(stack, owner):
     stack.qcluster()
     # Eight restaurants: no batching, so eight slow tasks compete for two workers.
     reviews = [
-        review_create(restaurant=Restaurant.objects.create(name=f"R{i}", owner=owner), rating=4, text=f"Bom #{i}")
+        review_create(
+            restaurant=Restaurant.objects.create(name=f"R{i}", owner=owner),
+            rating=4,
+            text=f"Bom #{i}",
+        )
         for i in range(8)
     ]
-    wait_for(lambda: Review.objects.filter(analysis_status="done").count() == 8, 60, "eight reviews analysed")
+    wait_for(
+        lambda: Review.objects.filter(analysis_status="done").count() == 8,
+        60,
+        "eight reviews analysed",
+    )
     assert fake_stats(url)["calls"] == 8
     assert list(AnalysisJob.objects.values_list("attempts", flat=True)) == [1] * 8
-    assert sorted(r for c in LlmCall.objects.all() for r in c.review_ids) == sorted(r.pk for r in reviews)
+    assert sorted(r for c in LlmCall.objects.all() for r in c.review_ids) == sorted(
+        r.pk for r in reviews
+    )

@@ -29,7 +29,9 @@ ROOT = Path(__file__).resolve().parents[2]
 def publish(n: int, topic: str = "reviews.created") -> list:
     with transaction.atomic():
         return [
-            event_publish(topic=topic, key=f"review:{i}", payload={"review_id": i, "revision": 1}).pk
+            event_publish(
+                topic=topic, key=f"review:{i}", payload={"review_id": i, "revision": 1}
+            ).pk
             for i in range(n)
         ]
 
@@ -37,13 +39,17 @@ def publish(n: int, topic: str = "reviews.created") -> list:
 def bulk_events(n: int) -> None:
     """Many unpublished events at once (faster than publish() for thousands)."""
     OutboxEvent.objects.bulk_create(
-        OutboxEvent(topic="reviews.created", key=f"review:{i}", payload={"review_id": i, "revision": 1})
+        OutboxEvent(
+            topic="reviews.created", key=f"review:{i}", payload={"review_id": i, "revision": 1}
+        )
         for i in range(n)
     )
 
 
 def tasks_per_event() -> Counter:
-    return Counter(SignedPackage.loads(p)["args"][0] for p in OrmQ.objects.values_list("payload", flat=True))
+    return Counter(
+        SignedPackage.loads(p)["args"][0] for p in OrmQ.objects.values_list("payload", flat=True)
+    )
 
 
 def assert_exactly_once(expected: int) -> None:
@@ -51,7 +57,9 @@ def assert_exactly_once(expected: int) -> None:
     events = OutboxEvent.objects.all()
     assert events.count() == expected
     assert events.filter(published_at__isnull=True).count() == 0, "event left unpublished"
-    assert set(per_event) == {str(pk) for pk in events.values_list("pk", flat=True)}, "task without event or event without task"
+    assert set(per_event) == {str(pk) for pk in events.values_list("pk", flat=True)}, (
+        "task without event or event without task"
+    )
     duplicated = {k: v for k, v in per_event.items() if v != 1}
     assert not duplicated, f"{len(duplicated)} events handed off more than once"
     assert not events.exclude(handoffs=1).exists()
@@ -83,7 +91,9 @@ def test_unrouted_event_is_finished_with_a_warning_and_fan_out_enqueues_each_rou
     assert (result.events, result.tasks, result.unrouted) == (2, 2, 1)
     assert OutboxEvent.objects.get(topic="nobody.listens").finished_at is not None
     assert "no route" in caplog.text
-    funcs = sorted(SignedPackage.loads(p)["func"] for p in OrmQ.objects.values_list("payload", flat=True))
+    funcs = sorted(
+        SignedPackage.loads(p)["func"] for p in OrmQ.objects.values_list("payload", flat=True)
+    )
     assert funcs == routes["fan.out"]
 
 
@@ -91,7 +101,9 @@ def test_unrouted_event_is_finished_with_a_warning_and_fan_out_enqueues_each_rou
 def test_event_scheduled_for_later_waits():
     with transaction.atomic():
         event = event_publish(topic="reviews.created", key="k", payload={})
-    OutboxEvent.objects.filter(pk=event.pk).update(available_at=timezone.now() + timedelta(minutes=5))
+    OutboxEvent.objects.filter(pk=event.pk).update(
+        available_at=timezone.now() + timedelta(minutes=5)
+    )
     assert relay.relay_once(batch_size=10).events == 0
 
 
@@ -100,7 +112,13 @@ def test_event_scheduled_for_later_waits():
 def test_parallel_relays_hand_off_5000_events_exactly_once(proc_env, relays):
     bulk_events(5000)
     procs = [
-        subprocess.Popen(relay_cmd("--once", "--batch-size", "100"), env=proc_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        subprocess.Popen(
+            relay_cmd("--once", "--batch-size", "100"),
+            env=proc_env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         for _ in range(relays)
     ]
     outputs = [p.communicate(timeout=120) for p in procs]
@@ -131,7 +149,12 @@ def test_relay_killed_repeatedly_loses_and_duplicates_nothing(proc_env):
     kills = 0
     try:
         while kills < 20:
-            proc = subprocess.Popen(relay_cmd("--batch-size", "50", "--poll-interval", "0.1"), env=proc_env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            proc = subprocess.Popen(
+                relay_cmd("--batch-size", "50", "--poll-interval", "0.1"),
+                env=proc_env,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
             time.sleep(rng.uniform(0.3, 1.2))  # includes start-up, so kills land at any stage
             os.kill(proc.pid, signal.SIGKILL)
             proc.wait()
@@ -182,22 +205,36 @@ def wait_until(predicate, timeout: float) -> float:
 
 @pytest.mark.slow
 def test_notify_wakes_the_relay_and_polling_covers_a_broken_listen(proc_env):
-    proc = subprocess.Popen(relay_cmd("--poll-interval", "30"), env=proc_env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        relay_cmd("--poll-interval", "30"),
+        env=proc_env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         time.sleep(2)  # let it start and LISTEN
         [event_id] = publish(1)
-        lag = wait_until(lambda: OutboxEvent.objects.filter(pk=event_id, published_at__isnull=False).exists(), 5)
+        lag = wait_until(
+            lambda: OutboxEvent.objects.filter(pk=event_id, published_at__isnull=False).exists(), 5
+        )
         assert lag < 0.5, f"NOTIFY should hand off in well under a second, took {lag:.2f}s"
     finally:
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=10) == 0
 
     # LISTEN broken: kill the relay's LISTEN backend; the short poll still delivers.
-    proc = subprocess.Popen(relay_cmd("--poll-interval", "0.5"), env=proc_env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        relay_cmd("--poll-interval", "0.5"),
+        env=proc_env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         time.sleep(2)
         with connection.cursor() as cursor:
-            cursor.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE query ILIKE 'LISTEN%%' AND pid <> pg_backend_pid()")
+            cursor.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE query ILIKE 'LISTEN%%' AND pid <> pg_backend_pid()"
+            )
             assert cursor.rowcount >= 1
         # Events committed without any NOTIFY reaching the relay.
         bulk_events(3)
@@ -219,9 +256,13 @@ def _listening() -> bool:
 def test_prune_removes_only_old_finished_events():
     ids = publish(4)
     old = timezone.now() - timedelta(hours=100)
-    OutboxEvent.objects.filter(pk=ids[0]).update(published_at=old, finished_at=old)  # old, finished: pruned
+    OutboxEvent.objects.filter(pk=ids[0]).update(
+        published_at=old, finished_at=old
+    )  # old, finished: pruned
     OutboxEvent.objects.filter(pk=ids[1]).update(published_at=old)  # old but unfinished: kept
-    OutboxEvent.objects.filter(pk=ids[2]).update(published_at=timezone.now(), finished_at=timezone.now())  # recent: kept
+    OutboxEvent.objects.filter(pk=ids[2]).update(
+        published_at=timezone.now(), finished_at=timezone.now()
+    )  # recent: kept
     assert relay.prune_once(older_than=timedelta(hours=72), batch_size=100) == 1
     assert set(OutboxEvent.objects.values_list("pk", flat=True)) == set(ids[1:])
 
@@ -232,7 +273,9 @@ def test_sweeper_hands_off_again_an_event_whose_task_vanished():
     relay.relay_once(batch_size=10)
     OrmQ.objects.all().delete()  # e.g. a payload signed with an old SECRET_KEY, dropped by django-q2
     assert relay.sweep_once(deadline=timedelta(minutes=10)) == 0  # not yet overdue
-    OutboxEvent.objects.filter(pk=event_id).update(published_at=timezone.now() - timedelta(minutes=11))
+    OutboxEvent.objects.filter(pk=event_id).update(
+        published_at=timezone.now() - timedelta(minutes=11)
+    )
     assert relay.sweep_once(deadline=timedelta(minutes=10)) == 1
     assert relay.relay_once(batch_size=10).events == 1
     assert list(tasks_per_event().values()) == [1]

@@ -16,7 +16,11 @@ def counts():
 
 @pytest.mark.django_db
 def test_post_accepts_and_writes_review_and_event(api, restaurant):
-    response = api.post(URL, {"restaurant": restaurant.pk, "rating": 4, "text": "Muito bom!", "author_name": "Ana"}, format="json")
+    response = api.post(
+        URL,
+        {"restaurant": restaurant.pk, "rating": 4, "text": "Muito bom!", "author_name": "Ana"},
+        format="json",
+    )
     assert response.status_code == 202
     body = response.json()
     assert body["status"] == "received" and body["analysis_status"] == "pending"
@@ -69,7 +73,11 @@ def test_malformed_json_is_400(api, restaurant):
 
 @pytest.mark.django_db
 def test_unauthenticated_is_rejected(client, restaurant):
-    response = client.post(URL, {"restaurant": restaurant.pk, "rating": 3, "text": "ok"}, content_type="application/json")
+    response = client.post(
+        URL,
+        {"restaurant": restaurant.pk, "rating": 3, "text": "ok"},
+        content_type="application/json",
+    )
     assert response.status_code in (401, 403)
     assert counts() == (0, 0)
 
@@ -79,15 +87,27 @@ def test_mass_assignment_of_analysis_fields_is_ignored(api, restaurant, other_ow
     response = api.post(
         URL,
         {
-            "restaurant": restaurant.pk, "rating": 5, "text": "Ótimo",
-            "sentiment": "POSITIVE", "analysis_status": "done", "reply_draft": "spam",
-            "tags": ["price"], "revision": 9, "owner": other_owner.pk,
+            "restaurant": restaurant.pk,
+            "rating": 5,
+            "text": "Ótimo",
+            "sentiment": "POSITIVE",
+            "analysis_status": "done",
+            "reply_draft": "spam",
+            "tags": ["price"],
+            "revision": 9,
+            "owner": other_owner.pk,
         },
         format="json",
     )
     assert response.status_code == 202
     review = Review.objects.get()
-    assert (review.sentiment, review.analysis_status, review.reply_draft, review.tags, review.revision) == (None, "pending", "", [], 1)
+    assert (
+        review.sentiment,
+        review.analysis_status,
+        review.reply_draft,
+        review.tags,
+        review.revision,
+    ) == (None, "pending", "", [], 1)
     assert review.restaurant.owner != other_owner
 
 
@@ -99,7 +119,7 @@ def test_failing_event_insert_leaves_no_review(api, restaurant):
             "ALTER TABLE outbox_outboxevent ADD CONSTRAINT reject_all CHECK (topic = 'never')"
         )
     try:
-        with pytest.raises(Exception):  # noqa: B017 - any database error; the point is what is left
+        with pytest.raises(Exception):
             api.post(URL, {"restaurant": restaurant.pk, "rating": 3, "text": "ok"}, format="json")
         assert counts() == (0, 0)
     finally:
@@ -109,8 +129,12 @@ def test_failing_event_insert_leaves_no_review(api, restaurant):
 
 @pytest.mark.django_db
 def test_owner_reads_own_review_not_others(api, owner_api, restaurant, other_restaurant):
-    mine = api.post(URL, {"restaurant": restaurant.pk, "rating": 5, "text": "a"}, format="json").json()["id"]
-    theirs = api.post(URL, {"restaurant": other_restaurant.pk, "rating": 5, "text": "b"}, format="json").json()["id"]
+    mine = api.post(
+        URL, {"restaurant": restaurant.pk, "rating": 5, "text": "a"}, format="json"
+    ).json()["id"]
+    theirs = api.post(
+        URL, {"restaurant": other_restaurant.pk, "rating": 5, "text": "b"}, format="json"
+    ).json()["id"]
     response = owner_api.get(f"{URL}{mine}/")
     assert response.status_code == 200
     body = response.json()
@@ -124,18 +148,30 @@ def test_owner_reads_own_review_not_others(api, owner_api, restaurant, other_res
 def test_staff_reads_everything(api, staff, restaurant):
     from conftest import token_client
 
-    rid = api.post(URL, {"restaurant": restaurant.pk, "rating": 5, "text": "a"}, format="json").json()["id"]
+    rid = api.post(
+        URL, {"restaurant": restaurant.pk, "rating": 5, "text": "a"}, format="json"
+    ).json()["id"]
     assert token_client(staff).get(f"{URL}{rid}/").status_code == 200
 
 
 @pytest.mark.django_db
 def test_patch_by_submitter_bumps_revision_and_publishes_update(api, owner_api, restaurant):
-    rid = api.post(URL, {"restaurant": restaurant.pk, "rating": 2, "text": "ruim"}, format="json").json()["id"]
+    rid = api.post(
+        URL, {"restaurant": restaurant.pk, "rating": 2, "text": "ruim"}, format="json"
+    ).json()["id"]
     response = api.patch(f"{URL}{rid}/", {"text": "na verdade foi bom", "rating": 4}, format="json")
     assert response.status_code == 202
     review = Review.objects.get(pk=rid)
-    assert (review.revision, review.rating, review.text, review.analysis_status) == (2, 4, "na verdade foi bom", "pending")
-    assert list(OutboxEvent.objects.order_by("created_at").values_list("topic", flat=True)) == ["reviews.created", "reviews.updated"]
+    assert (review.revision, review.rating, review.text, review.analysis_status) == (
+        2,
+        4,
+        "na verdade foi bom",
+        "pending",
+    )
+    assert list(OutboxEvent.objects.order_by("created_at").values_list("topic", flat=True)) == [
+        "reviews.created",
+        "reviews.updated",
+    ]
     assert OutboxEvent.objects.get(topic="reviews.updated").payload["revision"] == 2
     # The restaurant's owner reads it but may not rewrite the customer's review.
     assert owner_api.patch(f"{URL}{rid}/", {"rating": 1}, format="json").status_code == 403
@@ -162,7 +198,9 @@ def test_post_is_two_inserts_and_a_notify(api, restaurant):
 
 
 @pytest.mark.django_db
-def test_submissions_are_rate_limited_per_token_through_the_shared_cache(api, owner_api, restaurant, settings):
+def test_submissions_are_rate_limited_per_token_through_the_shared_cache(
+    api, owner_api, restaurant, settings
+):
     from django.core.cache import cache
 
     cache.clear()
@@ -172,6 +210,8 @@ def test_submissions_are_rate_limited_per_token_through_the_shared_cache(api, ow
     limited = api.post(URL, body, format="json")
     assert limited.status_code == 429 and int(limited["Retry-After"]) > 0
     assert Review.objects.count() == 3
-    assert owner_api.post(URL, body, format="json").status_code == 202  # another token has its own budget
+    assert (
+        owner_api.post(URL, body, format="json").status_code == 202
+    )  # another token has its own budget
     assert api.get(URL).status_code == 200  # reads are not limited
     cache.clear()

@@ -11,7 +11,9 @@ class Command(BaseCommand):
     help = "Outbox backlog and lag, queue depth, reviews by status, dead letters, LLM usage, heartbeats."
 
     def add_arguments(self, parser):
-        parser.add_argument("--json", dest="as_json", action="store_true", help="Machine-readable output.")
+        parser.add_argument(
+            "--json", dest="as_json", action="store_true", help="Machine-readable output."
+        )
 
     def handle(self, *args, as_json: bool, **options):
         snap = pipeline.snapshot()
@@ -35,7 +37,9 @@ class Command(BaseCommand):
         out(f"DEAD LETTERS (open)        {snap['dead_letters_open']}")
         out("LLM CALLS")
         for c in snap["llm_calls"]:
-            out(f"  {c['model']:<20} {c['status']:<13} {c['n']:>7} calls  {c['prompt_tokens'] or 0:>9} in  {c['completion_tokens'] or 0:>9} out  ${c['cost']:.4f}")
+            out(
+                f"  {c['model']:<20} {c['status']:<13} {c['n']:>7} calls  {c['prompt_tokens'] or 0:>9} in  {c['completion_tokens'] or 0:>9} out  ${c['cost']:.4f}"
+            )
         out("HEARTBEATS (seconds ago)")
         for name, age in snap["heartbeats"].items():
             out(f"  {name:<40} {age}")

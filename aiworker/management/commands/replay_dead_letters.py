@@ -22,9 +22,15 @@ class Command(BaseCommand):
         letters = DeadLetter.objects.in_bulk(result.replayed)
         for pk in result.replayed:
             letter = letters[pk]
-            self.stdout.write(f"{verb} #{pk}: review {letter.review_id} r{letter.revision} ({letter.error_class}: {letter.error_message[:80]})")
+            self.stdout.write(
+                f"{verb} #{pk}: review {letter.review_id} r{letter.revision} ({letter.error_class}: {letter.error_message[:80]})"
+            )
         for pk in result.skipped:
-            self.stderr.write(f"skipped #{pk}: not an open dead letter (unknown, already replayed or discarded, or being replayed)")
-        self.stdout.write(f"{verb} {len(result.replayed)} dead letter(s), skipped {len(result.skipped)}")
+            self.stderr.write(
+                f"skipped #{pk}: not an open dead letter (unknown, already replayed or discarded, or being replayed)"
+            )
+        self.stdout.write(
+            f"{verb} {len(result.replayed)} dead letter(s), skipped {len(result.skipped)}"
+        )
         if ids and result.skipped and not result.replayed:
             raise CommandError("nothing replayed")

@@ -18,12 +18,16 @@ class Command(BaseCommand):
         parser.add_argument("--once", action="store_true", help="Hand off what is there and exit.")
         parser.add_argument("--batch-size", type=int, default=settings.RELAY_BATCH_SIZE)
         parser.add_argument(
-            "--poll-interval", type=float, default=settings.RELAY_POLL_INTERVAL_S,
+            "--poll-interval",
+            type=float,
+            default=settings.RELAY_POLL_INTERVAL_S,
             help="Seconds between polls when no NOTIFY arrives.",
         )
         parser.add_argument("--no-listen", action="store_true", help="Poll only, no LISTEN.")
 
-    def handle(self, *args, once: bool, batch_size: int, poll_interval: float, no_listen: bool, **options):
+    def handle(
+        self, *args, once: bool, batch_size: int, poll_interval: float, no_listen: bool, **options
+    ):
         if batch_size < 1:
             raise CommandError("--batch-size must be at least 1")
         if poll_interval <= 0:
@@ -45,7 +49,9 @@ class Command(BaseCommand):
 
         signal.signal(signal.SIGTERM, stop)
         signal.signal(signal.SIGINT, stop)
-        self.stdout.write(f"relay running (batch {batch_size}, poll {poll_interval}s); Ctrl-C stops")
+        self.stdout.write(
+            f"relay running (batch {batch_size}, poll {poll_interval}s); Ctrl-C stops"
+        )
         relay.run(
             batch_size=batch_size,
             poll_interval=poll_interval,

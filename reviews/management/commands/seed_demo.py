@@ -21,16 +21,22 @@ class Command(BaseCommand):
     help = "Create a demo owner, two restaurants, an API token and a few reviews (idempotent)."
 
     def add_arguments(self, parser):
-        parser.add_argument("--password", default="demo-owner-pass", help="Password of the demo owner")
+        parser.add_argument(
+            "--password", default="demo-owner-pass", help="Password of the demo owner"
+        )
 
     @transaction.atomic
     def handle(self, *args, password: str, **options):
         users = get_user_model()
-        owner, created = users.objects.get_or_create(username="owner", defaults={"email": "owner@example.com"})
+        owner, created = users.objects.get_or_create(
+            username="owner", defaults={"email": "owner@example.com"}
+        )
         if created:
             owner.set_password(password)
             owner.save()
-        staff, staff_created = users.objects.get_or_create(username="staff", defaults={"is_staff": True, "is_superuser": True})
+        staff, staff_created = users.objects.get_or_create(
+            username="staff", defaults={"is_staff": True, "is_superuser": True}
+        )
         if staff_created:
             staff.set_password(password)
             staff.save()
@@ -41,7 +47,9 @@ class Command(BaseCommand):
             restaurants[name], _ = Restaurant.objects.get_or_create(name=name, owner=owner)
         if not restaurants["Cantina da Ana"].reviews.exists():
             for name, rating, text, author in DEMO_REVIEWS:
-                review_create(restaurant=restaurants[name], rating=rating, text=text, author_name=author)
+                review_create(
+                    restaurant=restaurants[name], rating=rating, text=text, author_name=author
+                )
         ids = ", ".join(f"{r.name}={r.pk}" for r in restaurants.values())
         self.stdout.write(
             self.style.SUCCESS("Demo data ready.")
@@ -50,5 +58,5 @@ class Command(BaseCommand):
             + f"\n  API token (platform client): {token.key}"
             + "\n  try: curl -X POST http://127.0.0.1:8000/api/reviews/ "
             + f"-H 'Authorization: Token {token.key}' -H 'Content-Type: application/json' "
-            + f"-d '{{\"restaurant\": {restaurants['Burger Lab'].pk}, \"rating\": 5, \"text\": \"Great fries!\"}}'"
+            + f'-d \'{{"restaurant": {restaurants["Burger Lab"].pk}, "rating": 5, "text": "Great fries!"}}\''
         )
