@@ -2,13 +2,17 @@
 
 import sys
 
+from django.conf import settings
 from django.db import connection
+from django.utils.crypto import constant_time_compare
 from django.db.utils import InterfaceError, OperationalError
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.views.decorators.http import require_GET
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from aiworker import pipeline
+
+LOOPBACK = {"127.0.0.1", "::1"}
 
 
 @require_GET
@@ -32,6 +36,17 @@ def readyz(request: HttpRequest) -> HttpResponse:
 
 @require_GET
 def metrics(request: HttpRequest) -> HttpResponse:
+    # Pipeline numbers are not public: a bearer token when METRICS_TOKEN is set, otherwise
+    # only a scraper on this host or a staff session.
+    token = settings.METRICS_TOKEN
+    if token:
+        allowed = constant_time_compare(request.headers.get("Authorization", ""), f"Bearer {token}")
+    else:
+        allowed = request.META.get("REMOTE_ADDR") in LOOPBACK or request.user.is_staff
+    if not allowed:
+        return HttpResponse(
+            "metrics need a token or a local scraper\n", status=403, content_type="text/plain"
+        )
     return HttpResponse(generate_latest(pipeline.registry()), content_type=CONTENT_TYPE_LATEST)
 
 

@@ -10,3 +10,10 @@ def analyze_event(event_id: str) -> str:
 
 def notify_event(event_id: str) -> str:
     return alert_send(event_id=event_id)
+
+
+def record_sample() -> None:
+    """Scheduled every minute (migration 0003): one point of the operators' chart."""
+    from aiworker.pipeline import sample_record
+
+    sample_record()

@@ -31,7 +31,6 @@ from outbox.routes import routes_for
 from outbox.services import heartbeat_beat
 
 logger = logging.getLogger("outbox.relay")
-HEARTBEAT_EVERY_S = 5.0
 
 CLAIM_SQL = """
 WITH claimed AS (
@@ -237,7 +236,7 @@ def run(
                 if time.monotonic() - last_housekeeping > housekeeping_every:
                     housekeeping()
                     last_housekeeping = time.monotonic()
-                if time.monotonic() - last_beat > HEARTBEAT_EVERY_S:
+                if time.monotonic() - last_beat > settings.READY_HEARTBEAT_MAX_AGE_S / 3:
                     heartbeat_beat(name=heartbeat_name, detail={"pid": os.getpid()})
                     last_beat = time.monotonic()
                 failures = 0

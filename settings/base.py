@@ -144,6 +144,8 @@ RELAY_BATCH_SIZE = env_int("RELAY_BATCH_SIZE", 500)
 RELAY_POLL_INTERVAL_S = env_float("RELAY_POLL_INTERVAL_S", 1.0)
 OUTBOX_RETENTION_HOURS = env_int("OUTBOX_RETENTION_HOURS", 72)
 OUTBOX_PRUNE_BATCH = env_int("OUTBOX_PRUNE_BATCH", 1000)
+# /readyz wants a relay heartbeat younger than this; relays beat three times as often.
+READY_HEARTBEAT_MAX_AGE_S = env_float("READY_HEARTBEAT_MAX_AGE_S", 30.0)
 # How often a relay sweeps overdue hand-offs and prunes old events.
 RELAY_HOUSEKEEPING_S = env_float("RELAY_HOUSEKEEPING_S", 10.0)
 
@@ -183,6 +185,8 @@ LLM_PRICES = {
     "local-lexicon": (0.0, 0.0),
 }
 ALERT_WEBHOOK_URL = env_str("ALERT_WEBHOOK_URL")
+# Bearer token for GET /metrics; unset: only local scrapers and staff sessions.
+METRICS_TOKEN = env_str("METRICS_TOKEN")
 ALERT_WEBHOOK_TIMEOUT_S = env_float("ALERT_WEBHOOK_TIMEOUT_S", 5.0)
 
 # --- django-q2 ----------------------------------------------------------------------------------

@@ -35,6 +35,24 @@ class Command(BaseCommand):
         out(f"  running clusters         {snap['clusters']}")
         out("REVIEWS  " + "  ".join(f"{k}={v}" for k, v in snap["reviews"].items()))
         out(f"DEAD LETTERS (open)        {snap['dead_letters_open']}")
+        b = snap["breaker"]
+        out(
+            f"BREAKER                    {b['state']}"
+            + (f" until {b['open_until']}: {b['reason']}" if b["open_until"] else "")
+        )
+        out("BUDGET (used / limit)")
+        for key, used in snap["budget"]["usage"].items():
+            limit = snap["budget"]["limits"][key]
+            out(f"  {key:<24} {used:g} / {'unlimited' if limit is None else f'{limit:g}'}")
+        out(f"LAG, last {int(pipeline.WINDOW.total_seconds() // 60)} min (p50 / p99 s, n)")
+        for name, q in snap["lag"].items():
+            out(f"  {name:<24} {q['p50_s']} / {q['p99_s']}  ({q['n']})")
+        a = snap["autoscale"]
+        out(
+            f"WORKERS                    suggested {a['suggested_workers']} (configured {a['configured_workers']}; "
+            f"backlog {a['backlog_reviews']}, {a['arrivals_per_s']}/s arriving, {a['per_worker_reviews_per_s']}/s per worker)"
+        )
+        out(f"PROVIDER CALLS IN FLIGHT   {snap['calls_in_flight']}")
         out("LLM CALLS")
         for c in snap["llm_calls"]:
             out(
