@@ -13,46 +13,16 @@ from typing import Literal
 
 from pydantic import BaseModel, Field, ValidationError
 
+from reviews.vocabulary import TAGS, TONES  # noqa: F401 - part of the analysis contract
+
 PROMPT_VERSION = "v1"
 
 SENTIMENTS = ("POSITIVE", "NEUTRAL", "NEGATIVE", "CRITICAL")
 Sentiment = Literal["POSITIVE", "NEUTRAL", "NEGATIVE", "CRITICAL"]
 
-# A fixed tag vocabulary: the model may only choose from these slugs.
-TAGS = (
-    "food_quality",
-    "taste",
-    "portion",
-    "temperature",
-    "delivery_time",
-    "delivery_courier",
-    "packaging",
-    "wrong_order",
-    "missing_items",
-    "price",
-    "customer_service",
-    "hygiene",
-    "food_safety",
-    "app_experience",
-)
-Tag = Literal[
-    "food_quality",
-    "taste",
-    "portion",
-    "temperature",
-    "delivery_time",
-    "delivery_courier",
-    "packaging",
-    "wrong_order",
-    "missing_items",
-    "price",
-    "customer_service",
-    "hygiene",
-    "food_safety",
-    "app_experience",
-]
+# The vocabularies live with the reviews; a Literal makes the schema enforce them.
+Tag = Literal[TAGS]
 LANGUAGES = ("pt", "en")
-TONES = ("default", "friendly", "formal", "apologetic")
 DRAFT_MAX_CHARS = 600
 MAX_TAGS = 5
 

@@ -7,6 +7,7 @@ from django.utils.translation import gettext_lazy as _
 
 from reviews.models import Restaurant, Review
 from reviews.selectors import InboxFilters
+from reviews.vocabulary import TAG_LABELS, TONE_LABELS
 
 SENTIMENT_CHOICES = [
     (Review.Sentiment.POSITIVE, _("Positive")),
@@ -20,30 +21,8 @@ STATUS_CHOICES = [
     ("done", _("Analysed")),
     ("failed", _("Analysis failed")),
 ]
-# The tones an owner may ask for; "default" is what the first analysis uses.
-TONE_CHOICES = [
-    ("friendly", _("Friendly")),
-    ("formal", _("Formal")),
-    ("apologetic", _("Apologetic")),
-]
+TONE_CHOICES = list(TONE_LABELS.items())
 RATING_CHOICES = [(n, str(n)) for n in range(1, 6)]
-# Display names for the analysis tag slugs; a slug without one is shown humanised.
-TAG_LABELS = {
-    "food_quality": _("Food quality"),
-    "taste": _("Taste"),
-    "portion": _("Portion"),
-    "temperature": _("Temperature"),
-    "delivery_time": _("Delivery time"),
-    "delivery_courier": _("Courier"),
-    "packaging": _("Packaging"),
-    "wrong_order": _("Wrong order"),
-    "missing_items": _("Missing items"),
-    "price": _("Price"),
-    "customer_service": _("Customer service"),
-    "hygiene": _("Hygiene"),
-    "food_safety": _("Food safety"),
-    "app_experience": _("App experience"),
-}
 
 
 def tag_label(slug: str) -> str:

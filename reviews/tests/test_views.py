@@ -455,15 +455,6 @@ def test_review_text_author_and_ai_draft_render_as_text(alice, owner, restaurant
     assert_inert(approved.content.decode().split('id="reply-text-', 1)[1])
 
 
-def test_ui_vocabulary_matches_the_analysis_contract():
-    """reviews may not import aiworker, so the UI keeps its own labels; they must not drift."""
-    from aiworker.analysis import TAGS, TONES
-    from reviews.forms import TAG_LABELS, TONE_CHOICES
-
-    assert set(TAG_LABELS) == set(TAGS)
-    assert {tone for tone, _ in TONE_CHOICES} <= set(TONES)
-
-
 def test_templates_never_turn_autoescaping_off():
     root = Path(__file__).resolve().parents[2] / "templates"
     for template in root.rglob("*.html"):
