@@ -180,7 +180,9 @@ def test_failed_waiting_and_provisional_states_are_shown_honestly(
     waiting_row = row_html(html, waiting)
     assert "Waiting for AI budget" in waiting_row
     assert "hx-trigger=" in waiting_row  # parked work resumes by itself, so the row keeps asking
-    assert "Provisional analysis by local-lexicon" in row_html(html, provisional)
+    provisional_row = row_html(html, provisional)
+    assert "Provisional analysis by local-lexicon" in provisional_row
+    assert "hx-trigger=" in provisional_row  # the real analysis will replace it
 
 
 def test_critical_reviews_stand_out_and_are_counted(alice, restaurant, make_review):
