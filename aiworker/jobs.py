@@ -84,18 +84,12 @@ def event_analyze(*, event_id: str) -> str:
         if job is not None and job.state != AnalysisJob.State.PENDING:
             event_finish(event=event, task=TASK)
             return job.state
+        denied = admission_check()
+        if denied is not None:
+            # Cheap early exit while the breaker is open or the budget spent: no batch claimed.
+            own = ClaimedReview(review.pk, revision, review.rating, review.text, review.reply_tone)
+            return _park(event_id, [own], denied, refund=False)
         created_at, handed_off_at = event.created_at, event.published_at
-
-    denied = admission_check()
-    if denied is not None:
-        # Cheap early exit: no batch is claimed while the breaker is open or the budget spent.
-        own = reviews_claim_for_analysis(
-            review_id=review_id, revision=revision, limit=1, lease=timedelta(seconds=30)
-        )
-        if not own:
-            _retry_event(event_id, timezone.now() + BUSY_RETRY)
-            return "busy"
-        return _park(event_id, own, denied, refund=False)
 
     # Let a batch fill for a moment, never longer than the configured wait.
     wait = settings.LLM_BATCH_WAIT_MS / 1000 - (timezone.now() - created_at).total_seconds()
