@@ -84,6 +84,18 @@ def event_analyze(*, event_id: str) -> str:
         if job is not None and job.state != AnalysisJob.State.PENDING:
             event_finish(event=event, task=TASK)
             return job.state
+        if job is not None and job.attempts >= settings.LLM_MAX_ATTEMPTS:
+            # Attempts were counted but never settled: its workers died or timed out each time.
+            dead_letter_file(
+                job=AnalysisJob.objects.select_for_update().get(pk=job.pk),
+                event_id=event_id,
+                topic=event.topic,
+                error_class="PoisonEvent",
+                message=f"{job.attempts} attempts without an outcome (worker killed or timed out)",
+                raw_response="",
+            )
+            event_finish(event=event, task=TASK)
+            return "dead"
         denied = admission_check()
         if denied is not None:
             # Cheap early exit while the breaker is open or the budget spent: no batch claimed.
@@ -259,11 +271,11 @@ def _park(event_id: str, batch: list[ClaimedReview], denied: Denied, *, refund: 
     return "parked"
 
 
-def _retry_event(event_id: str, when, parked_reason: str = "") -> None:
+def _retry_event(event_id: str, when) -> None:
     with transaction.atomic():
         event = event_lock(event_id=event_id)
         if event is not None and TASK not in event.finished_tasks:
-            event_retry_at(event=event, when=when, parked_reason=parked_reason)
+            event_retry_at(event=event, when=when)
 
 
 def _handle_failure(

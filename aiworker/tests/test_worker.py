@@ -341,3 +341,18 @@ def test_contact_data_is_redacted_before_the_call(llm, restaurant):
     )
     assert "98765" not in prompt and "joao@example.com" not in prompt
     assert prompt.count("</review>") == 1
+
+
+def test_poison_event_that_kills_its_worker_every_time_is_dead_lettered(llm, restaurant, settings):
+    from aiworker.models import AnalysisJob
+
+    settings.LLM_MAX_ATTEMPTS = 3
+    [review] = make_reviews(restaurant, 1)
+    # Three deliveries whose workers died after counting the attempt (no outcome recorded).
+    AnalysisJob.objects.create(review=review, revision=1, attempts=3)
+    drain()
+    review.refresh_from_db()
+    assert review.analysis_status == "failed"
+    letter = DeadLetter.objects.get()
+    assert letter.error_class == "PoisonEvent" and letter.attempts == 3
+    assert llm.stats()["calls"] == 0
