@@ -42,8 +42,8 @@ class DeadLetterAdmin(ReadOnlyAdmin):
     readonly_fields = [f.name for f in DeadLetter._meta.fields]
 
     def has_change_permission(self, request, obj=None):
-        # Actions need change permission; the fields themselves stay read-only.
-        return request.user.is_staff
+        # Replay and discard need the change permission; the fields stay read-only.
+        return admin.ModelAdmin.has_change_permission(self, request, obj)
 
     @admin.display(description="message")
     def short_message(self, obj: DeadLetter) -> str:
@@ -136,7 +136,7 @@ class BreakerAdmin(ReadOnlyAdmin):
     actions = ["close"]
 
     def has_change_permission(self, request, obj=None):
-        return request.user.is_staff
+        return admin.ModelAdmin.has_change_permission(self, request, obj)
 
     @admin.action(description="Close the breaker now and resume parked events")
     def close(self, request, queryset):

@@ -69,16 +69,24 @@ def make_review():
     return make
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser():
     """Debian's chromium driven by Playwright's sync API (no downloaded browser builds)."""
     if not os.path.exists(CHROMIUM):
         pytest.skip(f"{CHROMIUM} is missing: install Debian's chromium (make test does)")
-    # Playwright's sync API runs an event loop in this thread; Django's ORM calls from the
-    # test itself are still synchronous, so this only silences the async-context check.
-    os.environ["DJANGO_ALLOW_ASYNC_UNSAFE"] = "true"
     from playwright.sync_api import sync_playwright
 
+    # Playwright's sync API runs an event loop in this thread; Django's ORM calls from the
+    # test itself are still synchronous, so this only silences the async-context check, and
+    # only while this module's browser lives (subprocesses started later must not inherit it).
+    os.environ["DJANGO_ALLOW_ASYNC_UNSAFE"] = "true"
+    try:
+        yield from _chromium(sync_playwright)
+    finally:
+        os.environ.pop("DJANGO_ALLOW_ASYNC_UNSAFE", None)
+
+
+def _chromium(sync_playwright):
     with sync_playwright() as p:
         chromium = p.chromium.launch(
             executable_path=CHROMIUM,

@@ -5,7 +5,6 @@ then stops polling, filters update the list and the URL without a navigation, th
 workflow works by mouse and keyboard, and the CSP blocks nothing of ours.
 """
 
-import os
 import re
 import time
 from datetime import timedelta
@@ -16,10 +15,6 @@ from django.utils import timezone
 
 from reviews.models import Review
 from reviews.services import reply_approve, review_apply_analysis
-
-# Playwright's sync API runs an event loop in the test's thread; the ORM calls made by the
-# test itself stay synchronous, so Django's async-context guard has nothing to protect here.
-os.environ["DJANGO_ALLOW_ASYNC_UNSAFE"] = "true"
 
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
 
