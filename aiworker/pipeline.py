@@ -87,6 +87,7 @@ def snapshot() -> dict:
             ).count(),
         },
         "queue": {
+            "oldest_ready_age_s": round(oldest_ready_task_age_s(now), 3),
             "depth": queue.filter(lock__lte=now).count(),
             "taken": queue.filter(lock__gt=now).count(),
         },
@@ -203,10 +204,26 @@ def heartbeat_checks() -> dict[str, str]:
     now = timezone.now()
     max_age = timedelta(seconds=settings.READY_HEARTBEAT_MAX_AGE_S)
     relay = Heartbeat.objects.filter(name__startswith="relay", beat_at__gte=now - max_age)
-    return {
-        "relay": "ok" if relay.exists() else "no recent relay heartbeat",
-        "worker": "ok" if Stat.get_all() else "no running qcluster",
-    }
+    # A cluster can look alive (its stats are fresh) and still finish nothing, e.g. when a
+    # worker was killed holding the task queue's lock; a task left waiting gives it away.
+    waited = oldest_ready_task_age_s(now)
+    if not Stat.get_all():
+        worker = "no running qcluster"
+    elif waited > settings.READY_QUEUE_MAX_WAIT_S:
+        worker = f"a task has waited {waited:.0f}s: workers stuck or too few"
+    else:
+        worker = "ok"
+    return {"relay": "ok" if relay.exists() else "no recent relay heartbeat", "worker": worker}
+
+
+def oldest_ready_task_age_s(now=None) -> float:
+    """How long the oldest ready django-q2 task has waited (its lock is its enqueue time, or the
+    end of a previous taker's lease)."""
+    now = now or timezone.now()
+    oldest = OrmQ.objects.filter(key=get_broker().list_key, lock__lte=now).aggregate(m=Min("lock"))[
+        "m"
+    ]
+    return (now - oldest).total_seconds() if oldest else 0.0
 
 
 class _SnapshotCollector:

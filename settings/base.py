@@ -146,6 +146,8 @@ OUTBOX_RETENTION_HOURS = env_int("OUTBOX_RETENTION_HOURS", 72)
 OUTBOX_PRUNE_BATCH = env_int("OUTBOX_PRUNE_BATCH", 1000)
 # /readyz wants a relay heartbeat younger than this; relays beat three times as often.
 READY_HEARTBEAT_MAX_AGE_S = env_float("READY_HEARTBEAT_MAX_AGE_S", 30.0)
+# /readyz fails when a queued task has waited this long (stuck or too few workers).
+READY_QUEUE_MAX_WAIT_S = env_float("READY_QUEUE_MAX_WAIT_S", 120.0)
 # How often a relay sweeps overdue hand-offs and prunes old events.
 RELAY_HOUSEKEEPING_S = env_float("RELAY_HOUSEKEEPING_S", 10.0)
 

@@ -1,5 +1,6 @@
 """Readiness, metrics and the operators' dashboard, checked against the database."""
 
+import os
 import signal
 import time
 
@@ -72,7 +73,9 @@ def test_metrics_are_not_public(client, settings, staff):
 
 @pytest.mark.slow
 @pytest.mark.django_db(transaction=True)
-def test_readyz_follows_relay_and_worker_heartbeats(client, proc_env, tmp_path, settings):
+def test_readyz_follows_relay_and_worker_heartbeats(
+    client, proc_env, tmp_path, settings, restaurant
+):
     settings.READY_HEARTBEAT_MAX_AGE_S = 3
     assert client.get("/healthz").status_code == 200
     response = client.get("/readyz")

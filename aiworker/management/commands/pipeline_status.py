@@ -32,6 +32,7 @@ class Command(BaseCommand):
         out("QUEUE (django-q2)")
         out(f"  depth (waiting)          {q['depth']}")
         out(f"  taken by workers         {q['taken']}")
+        out(f"  oldest waiting task      {q['oldest_ready_age_s']:.1f} s")
         out(f"  running clusters         {snap['clusters']}")
         out("REVIEWS  " + "  ".join(f"{k}={v}" for k, v in snap["reviews"].items()))
         out(f"DEAD LETTERS (open)        {snap['dead_letters_open']}")
