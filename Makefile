@@ -72,6 +72,7 @@ bench-relay: venv
 	@export DATABASE_URL="$(BENCH_DB)" && $(WITH_DB) $(PY) bench/run.py --only relay $(if $(QUICK),--quick)
 
 chaos: venv
+	@bash .ci/system-deps.sh postgresql
 	@$(PY) bench/chaos.py $(if $(QUICK),--quick) $(CHAOS_ARGS)
 
 clean:

@@ -60,6 +60,7 @@ logger = logging.getLogger("aiworker")
 
 TASK = "aiworker.tasks.analyze_event"
 BUSY_RETRY = timedelta(seconds=2)
+PARK_JITTER_S = 5.0
 
 
 def backoff(attempts: int) -> timedelta:
@@ -170,6 +171,11 @@ def event_analyze(*, event_id: str) -> str:
                 # The ledger has opened the breaker; these reviews wait with the others.
                 denied = Denied("breaker", f"AI provider unavailable: {exc}", breaker_open_until())
                 return _park(event_id, batch, denied, refund=True)
+            denied = admission_check()
+            if isinstance(exc, TransientError) and denied is not None and denied.kind == "breaker":
+                # This failure opened the breaker (or was its failed probe): the provider is
+                # down, not these reviews, so they wait without spending the attempt.
+                return _park(event_id, batch, denied, refund=True)
             return _handle_failure(event_id, review_id, batch, jobs, exc)
         latency_ms = int((time.perf_counter() - started) * 1000)
         try:
@@ -264,9 +270,9 @@ def _park(event_id: str, batch: list[ClaimedReview], denied: Denied, *, refund: 
             if review is not None and is_food_safety(c.text):
                 notify.alert_raise(review=review)
         if event is not None and TASK not in event.finished_tasks:
-            event_retry_at(
-                event=event, when=denied.until, parked_reason=f"{denied.kind}: {denied.reason}"
-            )
+            # Spread the wake-ups so parked events do not all return in the same second.
+            when = denied.until + timedelta(seconds=random.uniform(0, PARK_JITTER_S))  # noqa: S311
+            event_retry_at(event=event, when=when, parked_reason=f"{denied.kind}: {denied.reason}")
     logger.info("event %s parked until %s: %s", event_id, denied.until, denied.reason)
     return "parked"
 

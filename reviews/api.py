@@ -1,9 +1,10 @@
 """The reviews API: thin DRF views with nested input/output serializers."""
 
 from django.conf import settings
-from django.http import Http404
+from django.http import Http404, HttpRequest, JsonResponse
 from django.shortcuts import get_object_or_404
-from drf_spectacular.utils import extend_schema, inline_serializer
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiResponse, extend_schema, inline_serializer
 from rest_framework import serializers, status
 from rest_framework.exceptions import PermissionDenied
 from rest_framework.response import Response
@@ -13,6 +14,16 @@ from rest_framework.views import APIView
 from reviews.models import Restaurant, Review
 from reviews.selectors import reviews_visible
 from reviews.services import review_create, review_update
+
+
+ERROR = inline_serializer("Error", fields={"detail": serializers.CharField()})
+FIELD_ERRORS = OpenApiResponse(
+    response=OpenApiTypes.OBJECT,
+    description="Field errors: {field: [message, …]}; nothing was written.",
+)
+# Error answers every endpoint can give; 503 means the database was unreachable, nothing saved.
+COMMON_ERRORS = {401: ERROR, 503: ERROR}
+WRITE_ERRORS = {**COMMON_ERRORS, 400: FIELD_ERRORS, 403: ERROR, 429: ERROR}
 
 
 class ReviewOutput(serializers.ModelSerializer):
@@ -79,7 +90,7 @@ class ReviewListCreateApi(APIView):
                 raise serializers.ValidationError("A valid integer is required.")
             return value
 
-    @extend_schema(request=Input, responses={202: ACCEPTED})
+    @extend_schema(request=Input, responses={202: ACCEPTED, **WRITE_ERRORS})
     def post(self, request):
         serializer = self.Input(data=request.data)
         serializer.is_valid(raise_exception=True)
@@ -89,7 +100,7 @@ class ReviewListCreateApi(APIView):
             status=status.HTTP_202_ACCEPTED,
         )
 
-    @extend_schema(responses=ReviewOutput(many=True))
+    @extend_schema(responses={200: ReviewOutput(many=True), **COMMON_ERRORS})
     def get(self, request):
         reviews = reviews_visible(user=request.user).order_by("-created_at", "-id")[:100]
         return Response(ReviewOutput(reviews, many=True).data)
@@ -105,12 +116,12 @@ class ReviewDetailApi(APIView):
                 raise serializers.ValidationError("Send text and/or rating.")
             return attrs
 
-    @extend_schema(responses=ReviewOutput)
+    @extend_schema(responses={200: ReviewOutput, 404: ERROR, **COMMON_ERRORS})
     def get(self, request, review_id: int):
         review = get_object_or_404(reviews_visible(user=request.user), pk=review_id)
         return Response(ReviewOutput(review).data)
 
-    @extend_schema(request=Input, responses={202: ACCEPTED})
+    @extend_schema(request=Input, responses={202: ACCEPTED, 404: ERROR, **WRITE_ERRORS})
     def patch(self, request, review_id: int):
         review = get_object_or_404(Review, pk=review_id)
         if review.submitted_by_id != request.user.pk:
@@ -125,3 +136,8 @@ class ReviewDetailApi(APIView):
             {"id": review.pk, "status": "received", "analysis_status": review.analysis_status},
             status=status.HTTP_202_ACCEPTED,
         )
+
+
+def not_found(request: HttpRequest, *args, **kwargs) -> JsonResponse:
+    """Unknown API paths answer JSON like the rest of the API, not Django's HTML page."""
+    return JsonResponse({"detail": "Not found."}, status=404)

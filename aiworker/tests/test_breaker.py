@@ -94,7 +94,8 @@ def test_breaker_opens_after_failures_probes_after_cooldown_and_closes(
 
     settings.LLM_BREAKER_FAILURES = 3
     settings.LLM_BREAKER_COOLDOWN_S = 1.0
-    settings.LLM_MAX_ATTEMPTS = 5
+    # Few attempts: failed probes and the failure that opens the breaker must not spend them.
+    settings.LLM_MAX_ATTEMPTS = 2
     restaurants = [Restaurant.objects.create(name=f"R{i}", owner=owner) for i in range(6)]
     llm.control(status=503)
     for r in restaurants:

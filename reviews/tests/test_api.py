@@ -215,3 +215,20 @@ def test_submissions_are_rate_limited_per_token_through_the_shared_cache(
     )  # another token has its own budget
     assert api.get(URL).status_code == 200  # reads are not limited
     cache.clear()
+
+
+@pytest.mark.django_db
+def test_unknown_api_paths_answer_json_404(owner_api):
+    for path in ("/api/reviews/null%2Cnull/", "/api/nope"):
+        response = owner_api.get(path)
+        assert response.status_code == 404 and response.json() == {"detail": "Not found."}
+
+
+@pytest.mark.django_db
+def test_schema_documents_error_answers(api):
+    import yaml
+
+    schema = yaml.safe_load(api.get("/api/schema/").content)
+    post = schema["paths"]["/api/reviews/"]["post"]["responses"]
+    assert {"202", "400", "401", "403", "429", "503"} <= set(post)
+    assert {"200", "404"} <= set(schema["paths"]["/api/reviews/{review_id}/"]["get"]["responses"])
