@@ -21,6 +21,8 @@ logger = logging.getLogger("aiworker")
 DB_RETRIES = 3
 PROGRESS_EVERY_S = 5.0
 _last_progress = 0.0
+# Set by run_worker for the cluster it supervises, so it can tell its own progress apart.
+CLUSTER_ID = os.environ.get("WORKER_CLUSTER_ID") or socket.gethostname()
 
 
 def _run(handler: Callable[..., str], event_id: str) -> str:
@@ -48,7 +50,7 @@ def _progress() -> None:
     """A worker heartbeat at most every few seconds: proof that tasks finish, for /readyz."""
     global _last_progress
     if time.monotonic() - _last_progress > PROGRESS_EVERY_S:
-        heartbeat_beat(name=f"worker:{socket.gethostname()}:{os.getpid()}")
+        heartbeat_beat(name=f"worker:{CLUSTER_ID}:{os.getpid()}")
         _last_progress = time.monotonic()
 
 

@@ -5,6 +5,7 @@ Crash tests kill real processes with SIGKILL and then check what the ledger says
 
 import os
 import signal
+import time
 from pathlib import Path
 
 import pytest
@@ -117,3 +118,40 @@ def test_eight_slow_tasks_with_two_workers_none_runs_twice(stack, owner):
     assert sorted(r for c in LlmCall.objects.all() for r in c.review_ids) == sorted(
         r.pk for r in reviews
     )
+
+
+def test_watchdog_restarts_a_frozen_cluster_and_the_review_still_ends_done(stack, restaurant):
+    stack.fake_llm()
+    stack.env.update(READY_QUEUE_MAX_WAIT_S="3")
+    stack.relay()
+    supervisor = stack.start("run_worker", "run_worker", "--check-every", "1")
+    # Wait for the supervised cluster, then freeze it as a worker killed holding the queue
+    # lock would (every cluster process stopped; the supervisor itself keeps running).
+    cluster_pids = wait_for(
+        lambda: [p for p in children(supervisor.pid) if p != supervisor.pid],
+        20,
+        "qcluster to start",
+    )
+    time.sleep(2)
+    frozen = children(supervisor.pid)
+    for pid in frozen:
+        os.kill(pid, signal.SIGSTOP)
+    review = review_create(restaurant=restaurant, rating=5, text="Perfeito!")
+    wait_for(
+        lambda: Review.objects.filter(pk=review.pk, analysis_status="done").exists(),
+        60,
+        "the restarted cluster to analyse the review",
+    )
+    assert "restarting qcluster" in stack.log("run_worker")
+    assert cluster_pids and not any(
+        os.path.exists(f"/proc/{pid}") and _state(pid) != "Z" for pid in frozen
+    )
+    stack.kill("run_worker", signal.SIGTERM)
+    assert supervisor.returncode == 0
+
+
+def _state(pid: int) -> str:
+    try:
+        return open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return "Z"
