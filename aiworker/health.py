@@ -4,9 +4,9 @@ import sys
 
 from django.conf import settings
 from django.db import connection
-from django.utils.crypto import constant_time_compare
 from django.db.utils import InterfaceError, OperationalError
 from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.utils.crypto import constant_time_compare
 from django.views.decorators.http import require_GET
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 

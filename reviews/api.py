@@ -15,7 +15,6 @@ from reviews.models import Restaurant, Review
 from reviews.selectors import reviews_visible
 from reviews.services import review_create, review_update
 
-
 ERROR = inline_serializer("Error", fields={"detail": serializers.CharField()})
 FIELD_ERRORS = OpenApiResponse(
     response=OpenApiTypes.OBJECT,

@@ -58,14 +58,7 @@ def review_update(*, review: Review, rating: int | None = None, text: str | None
             review.rating = rating
         if text is not None:
             review.text = text
-        review.revision = F("revision") + 1
-        review.analysis_status = Review.Status.PENDING
-        review.analysis_waiting = ""
-        review.analysis_claimed_until = None
-        review.save()
-        review.refresh_from_db()
-        _publish(review, "reviews.updated")
-    return review
+        return _reanalyse(review, "reviews.updated")
 
 
 def reply_request(*, review: Review, tone: str) -> Review:
@@ -73,13 +66,18 @@ def reply_request(*, review: Review, tone: str) -> Review:
     with transaction.atomic():
         review = Review.objects.select_for_update().get(pk=review.pk)
         review.reply_tone = tone
-        review.revision = F("revision") + 1
-        review.analysis_status = Review.Status.PENDING
-        review.analysis_waiting = ""
-        review.analysis_claimed_until = None
-        review.save()
-        review.refresh_from_db()
-        _publish(review, "reviews.reply_requested")
+        return _reanalyse(review, "reviews.reply_requested")
+
+
+def _reanalyse(review: Review, topic: str) -> Review:
+    """In the caller's transaction, row locked: a new revision, pending again, its event."""
+    review.revision = F("revision") + 1
+    review.analysis_status = Review.Status.PENDING
+    review.analysis_waiting = ""
+    review.analysis_claimed_until = None
+    review.save()
+    review.refresh_from_db()
+    _publish(review, topic)
     return review
 
 

@@ -56,7 +56,7 @@ def test_metrics_parse_and_match_the_database_after_a_scripted_run(
     assert values["reviews_outbox_unpublished"][()] == 0
     e2e = families["reviews_end_to_end_seconds"]
     assert e2e.type == "histogram"  # a gauge histogram is written as a histogram in text format
-    inf = [s for s in e2e.samples if s.name.endswith("_bucket") and s.labels["le"] == "+Inf"][0]
+    inf = next(s for s in e2e.samples if s.name.endswith("_bucket") and s.labels["le"] == "+Inf")
     assert inf.value == Review.objects.filter(analysis_status="done").count()
 
 
@@ -88,6 +88,20 @@ def test_readyz_follows_relay_and_worker_heartbeats(
             lambda: client.get("/readyz").status_code == 200, 30, "readyz to turn ready"
         )
         assert ready
+        # A frozen cluster: it finishes nothing while a queued task waits.
+        settings.READY_QUEUE_MAX_WAIT_S = 1
+        cluster = stack.procs["qcluster"]
+        os.killpg(cluster.pid, signal.SIGSTOP)
+        review_create(restaurant=restaurant, rating=4, text="Bom")
+        wait_for(
+            lambda: client.get("/readyz").json()["checks"]["worker"] != "ok",
+            20,
+            "a stuck worker to show",
+        )
+        assert client.get("/readyz").status_code == 503
+        os.killpg(cluster.pid, signal.SIGCONT)
+        wait_for(lambda: client.get("/readyz").status_code == 200, 30, "the cluster to catch up")
+
         stack.kill("relay", signal.SIGTERM)
         time.sleep(3.5)
         response = client.get("/readyz")
