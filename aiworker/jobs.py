@@ -363,8 +363,14 @@ def _apply(
     with transaction.atomic():
         event = event_lock(event_id=event_id)
         topic = event.topic if event is not None else ""
+        locked = {
+            (j.review_id, j.revision): j
+            for j in AnalysisJob.objects.select_for_update().filter(
+                review_id__in=[c.id for c in batch]
+            )
+        }
         for c in batch:
-            job = AnalysisJob.objects.select_for_update().get(review_id=c.id, revision=c.revision)
+            job = locked[(c.id, c.revision)]
             if job.state != AnalysisJob.State.PENDING:
                 continue  # a zombie finishing late: someone already settled this job
             analysis = results.get(c.id)

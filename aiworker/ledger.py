@@ -8,7 +8,7 @@ from datetime import datetime, timedelta
 from decimal import Decimal
 
 from django.conf import settings
-from django.db import IntegrityError, connection, transaction
+from django.db import connection, transaction
 from django.db.models import Count, F, Min, Q, Sum
 from django.utils import timezone
 
@@ -247,20 +247,24 @@ def _budget_check(now: datetime) -> Denied | None:
 
 
 def results_store(*, call: LlmCall, results: dict[str, tuple[int, Analysis]]) -> None:
-    """Keep each valid per-review result under its fingerprint (first writer wins)."""
-    for fingerprint, (review_id, analysis) in results.items():
-        try:
-            with transaction.atomic():
-                LlmResult.objects.create(
-                    fingerprint=fingerprint,
-                    call=call,
-                    review_id=review_id,
-                    result={
-                        "sentiment": analysis.sentiment,
-                        "tags": analysis.tags,
-                        "language": analysis.language,
-                        "reply_draft": analysis.reply_draft,
-                    },
-                )
-        except IntegrityError:
-            pass  # a concurrent zombie stored the same content first; either result is fine
+    """Keep each valid per-review result under its fingerprint, in one statement.
+
+    First writer wins: a concurrent zombie that stored the same content first is fine.
+    """
+    LlmResult.objects.bulk_create(
+        [
+            LlmResult(
+                fingerprint=fingerprint,
+                call=call,
+                review_id=review_id,
+                result={
+                    "sentiment": analysis.sentiment,
+                    "tags": analysis.tags,
+                    "language": analysis.language,
+                    "reply_draft": analysis.reply_draft,
+                },
+            )
+            for fingerprint, (review_id, analysis) in results.items()
+        ],
+        ignore_conflicts=True,
+    )
