@@ -46,7 +46,7 @@ run: venv
 	if [ -z "$${OPENAI_API_KEY:-}$${OPENAI_BASE_URL:-}" ]; then \
 	  echo "no OPENAI_API_KEY/OPENAI_BASE_URL: using the fake OpenAI-compatible server on port $(LLM_PORT)"; \
 	  export OPENAI_BASE_URL="http://127.0.0.1:$(LLM_PORT)/v1" OPENAI_API_KEY=fake-key; procs="$$procs llm"; fi; \
-	export PORT=$(PORT) LLM_PORT=$(LLM_PORT) PATH="$(CURDIR)/$(VENV)/bin:$$PATH"; \
+	export PORT=$(PORT) LLM_PORT=$(LLM_PORT) PATH="$(CURDIR)/$(VENV)/bin:$$PATH" Q_WORKERS="$${Q_WORKERS:-4}"; \
 	echo "owners' page: http://127.0.0.1:$(PORT)/   (Ctrl-C stops everything)"; \
 	exec $(VENV)/bin/honcho start $$procs
 

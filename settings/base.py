@@ -194,7 +194,8 @@ ALERT_WEBHOOK_TIMEOUT_S = env_float("ALERT_WEBHOOK_TIMEOUT_S", 5.0)
 # --- django-q2 ----------------------------------------------------------------------------------
 # Numbers follow DESIGN.md §6: client timeout × (SDK retries + 1) < timeout < retry, and
 # retry > T × (1 + ceil((queue_limit + 1) / workers)) so prefetched tasks never run twice.
-Q_WORKERS = env_int("Q_WORKERS", 8)
+# A provider call waits on the network: throughput comes from concurrency (docs/OPERATIONS.md).
+Q_WORKERS = env_int("Q_WORKERS", 16)
 Q_QUEUE_LIMIT = 2
 Q_TIMEOUT_S = int(LLM_TIMEOUT_S * (LLM_SDK_MAX_RETRIES + 1) + LLM_BATCH_WAIT_MS / 1000 + 10)
 Q_RETRY_S = (Q_TIMEOUT_S + 3) * (1 + math.ceil((Q_QUEUE_LIMIT + 1) / Q_WORKERS)) + 10
