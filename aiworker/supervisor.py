@@ -68,7 +68,8 @@ class Supervisor:
         logger.info("qcluster %s started (pid %d)", self.cluster_id, self.proc.pid)
 
     def _restart_reason(self) -> str:
-        assert self.proc is not None
+        if self.proc is None:
+            return "no qcluster running"
         if self.proc.poll() is not None:
             return f"qcluster exited with {self.proc.returncode}"
         close_old_connections()

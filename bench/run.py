@@ -127,19 +127,19 @@ PARAMS = {
             "default_timeout": 3,
             "nice_runs": 0,
         },
-        "ai_down": {"rate": 20, "runs": 1, "run_s": 1.5, "sync_run_s": 1.5, "hang_timeout": 3},
+        "ai_down": {"rate": 20, "runs": 1, "run_s": 1.5, "sync_run_s": 1.0, "hang_timeout": 3},
         "max_rate": {
             "wrk_conns": [16],
             "wrk_s": 3,
             "reps": 1,
             "step_s": 2,
-            "max_steps": 3,
+            "max_steps": 2,
             "pgbench_clients": [8],
             "pgbench_s": 2,
         },
         "e2e": {"rate": 100, "run_s": 3, "latencies": [0, 1000], "drain_s": 6},
         "memory": {"events": 600, "max_s": 30},
-        "workers": {"preload": 800, "window_s": 2.5, "batches": [1, 10]},
+        "workers": {"preload": 600, "window_s": 2.0, "batches": [1, 10]},
         "relay": {
             "events": 10_000,
             "reps": 1,
@@ -841,6 +841,8 @@ class Bench:
         self.reset_data()
         for name in [n for n in SCENARIOS if n in names]:
             self.stage = name
+            if name != "ai_down":
+                self.stop("web_sync")  # scenario 1 leaves it up for scenario 2 only
             say(f"\n=== {TITLES[name]} ({self.mode}) ===")
             t0 = time.monotonic()
             result = getattr(self, f"sc_{name}")()

@@ -7,6 +7,7 @@ import math
 from pathlib import Path
 
 import dj_database_url
+from django.core.exceptions import ImproperlyConfigured
 
 from settings.env import env_bool, env_choice, env_float, env_int, env_list, env_str
 
@@ -187,6 +188,8 @@ LLM_PRICES = {
     "local-lexicon": (0.0, 0.0),
 }
 ALERT_WEBHOOK_URL = env_str("ALERT_WEBHOOK_URL")
+if ALERT_WEBHOOK_URL and not ALERT_WEBHOOK_URL.startswith(("http://", "https://")):
+    raise ImproperlyConfigured("ALERT_WEBHOOK_URL must be an http(s) URL")
 # Bearer token for GET /metrics; unset: only local scrapers and staff sessions.
 METRICS_TOKEN = env_str("METRICS_TOKEN")
 ALERT_WEBHOOK_TIMEOUT_S = env_float("ALERT_WEBHOOK_TIMEOUT_S", 5.0)
