@@ -65,7 +65,7 @@ format: venv
 BENCH_DB = $${BENCH_DATABASE_URL:-postgres://postgres@127.0.0.1:5432/reviews_bench}
 
 bench: venv
-	@bash .ci/system-deps.sh wrk
+	@bash .ci/system-deps.sh wrk postgresql-client
 	@export DATABASE_URL="$(BENCH_DB)" && $(WITH_DB) $(PY) bench/run.py $(if $(QUICK),--quick) $(BENCH_ARGS)
 
 bench-relay: venv

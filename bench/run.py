@@ -44,6 +44,7 @@ LOGS = BENCH / ".logs"
 QUICK_OUT = BENCH / ".out"
 DOCS = ROOT / "docs"
 DEFAULT_DB = "postgres://postgres@127.0.0.1:5432/reviews_bench"
+BENCH_LOCK_KEY = 0x42E4C401  # advisory lock held by a running benchmark
 HAND_BEGIN = "<!-- hand-written:begin (kept by bench/run.py) -->"
 HAND_END = "<!-- hand-written:end -->"
 
@@ -220,6 +221,19 @@ class Bench:
         django.setup()
 
     # ------------------------------------------------------------------ database
+
+    def exclusive(self) -> None:
+        """Refuse to run next to another benchmark on the same database: both would truncate
+        and load the same tables. The lock lives as long as this connection."""
+        import psycopg
+
+        self.lock_conn = psycopg.connect(self.db_url, autocommit=True)
+        got = self.lock_conn.execute("SELECT pg_try_advisory_lock(%s)", [BENCH_LOCK_KEY])
+        if not got.fetchone()[0]:
+            raise SystemExit(
+                "another bench/run.py is using this database; wait for it to finish "
+                f"(or set BENCH_DATABASE_URL to another database): {self._safe_url()}"
+            )
 
     def sql(self, query: str, params: list | tuple | None = None, *, fetch: bool = True):
         import psycopg
@@ -835,6 +849,7 @@ class Bench:
             f"benchmarks ({self.mode}): {', '.join(names)}; 1-min load at start "
             f"{self.load_start[0]:.2f}; logs in {LOGS.relative_to(ROOT)}/"
         )
+        self.exclusive()
         self.setup_django()
         self.migrate()
         self.fixtures()
