@@ -15,6 +15,7 @@ from django.db.utils import InterfaceError, OperationalError
 
 from aiworker.jobs import event_analyze
 from aiworker.notify import alert_send
+from aiworker.pipeline import sample_record
 from outbox.services import heartbeat_beat
 
 logger = logging.getLogger("aiworker")
@@ -64,6 +65,4 @@ def notify_event(event_id: str) -> str:
 
 def record_sample() -> None:
     """Scheduled every minute (migration 0003): one point of the operators' chart."""
-    from aiworker.pipeline import sample_record
-
     sample_record()

@@ -22,6 +22,7 @@ from django.core import signing
 from django.db import connection, transaction
 from django.db.utils import DatabaseError, InterfaceError, OperationalError
 from django.utils import timezone
+from django.utils.module_loading import import_string
 from django_q.brokers import get_broker
 from django_q.conf import Conf
 from django_q.models import OrmQ
@@ -293,8 +294,6 @@ def housekeeping() -> None:
 
 def run_inline(*, event_id: uuid.UUID) -> None:
     """Claim one event and run its tasks in this process (benchmark-only `sync` mode)."""
-    from django.utils.module_loading import import_string
-
     with transaction.atomic():
         claimed = OutboxEvent.objects.filter(pk=event_id, published_at__isnull=True).update(
             published_at=timezone.now(), handoffs=1

@@ -39,7 +39,6 @@ def all_parked_or_done(total: int):
 def test_runaway_producer_cannot_spend_more_than_the_budget(llm, restaurant, settings, staff):
     settings.LLM_BUDGET_REQUESTS_PER_HOUR = 20
     total = 5000
-    Review.objects.bulk_create  # reviews go through the real write path below
     for i in range(total):
         review_create(restaurant=restaurant, rating=4, text=f"Pedido {i}: bom, chegou no horário.")
     drain(
