@@ -234,7 +234,7 @@ def ledger_check(
     results: dict[int, list[dict]] = defaultdict(list)
     alerts: dict[int, list[dict]] = defaultdict(list)
     for chunk in _chunks(ids):
-        for e in OutboxEvent.objects.filter(key__in=[f"review:{i}" for i in chunk]).values():
+        for e in OutboxEvent.objects.filter(payload__review_id__in=chunk).values():
             rid = _review_id(e["payload"])
             if rid in reviews:
                 events[rid].append(e)
@@ -524,7 +524,8 @@ def _check_queue(report: LedgerReport, *, now: datetime) -> None:
             if row.lock <= now:
                 report.redeliveries_pending += 1
             continue
-        fresh[(str(args[0]), task.get("func", ""))].append(started)
+        for event_id in args:
+            fresh[(str(event_id), task.get("func", ""))].append(started)
     for (event_id, func), starts in fresh.items():
         starts.sort()
         twice = sum(1 for a, b in pairwise(starts) if b - a < deadline)

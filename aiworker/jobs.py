@@ -46,12 +46,16 @@ from aiworker.providers import (
 from aiworker.providers.local import MODEL as LOCAL_MODEL
 from aiworker.providers.local import analyze_text, is_food_safety
 from aiworker.services import dead_letter_file
-from outbox.services import event_finish, event_lock, event_retry_at
+from outbox.models import OutboxEvent
+from outbox.routes import routes_for
+from outbox.services import event_finish, event_lock, event_retry_at, events_finish
 from reviews.models import Review
 from reviews.services import (
     ClaimedReview,
+    ReviewAnalysis,
     review_apply_analysis,
     review_mark_pending,
+    reviews_apply_analyses,
     reviews_claim_for_analysis,
     reviews_release,
 )
@@ -214,18 +218,28 @@ def _count_attempts(
     Companions that must be retried alone, or are no longer pending, leave the batch.
     """
     with transaction.atomic():
+        AnalysisJob.objects.bulk_create(
+            [AnalysisJob(review_id=c.id, revision=c.revision) for c in claimed],
+            ignore_conflicts=True,
+        )
+        locked = {
+            (j.review_id, j.revision): j
+            for j in AnalysisJob.objects.select_for_update()
+            .filter(review_id__in=[c.id for c in claimed])
+            .order_by("pk")
+        }
         jobs: dict[int, AnalysisJob] = {}
         batch: list[ClaimedReview] = []
         for c in claimed:
-            AnalysisJob.objects.get_or_create(review_id=c.id, revision=c.revision)
-            job = AnalysisJob.objects.select_for_update().get(review_id=c.id, revision=c.revision)
-            is_own = c.id == own_review_id
-            if job.state != AnalysisJob.State.PENDING or (job.solo and not is_own):
+            job = locked[(c.id, c.revision)]
+            if job.state != AnalysisJob.State.PENDING or (job.solo and c.id != own_review_id):
                 continue
-            job.attempts += 1
-            job.save(update_fields=["attempts"])
+            job.attempts += 1  # the row is locked: the UPDATE below adds the same one
             jobs[c.id] = job
             batch.append(c)
+        AnalysisJob.objects.filter(pk__in=[j.pk for j in jobs.values()]).update(
+            attempts=F("attempts") + 1
+        )
         left_out = [c.id for c in claimed if c.id not in jobs]
         if left_out:
             reviews_release(review_ids=left_out)
@@ -358,37 +372,40 @@ def _apply(
     model: str,
     raw: str,
 ) -> str:
-    """Apply results, raise alerts and finish the event, all in one transaction."""
+    """Apply results, raise alerts and finish the event, all in one transaction.
+
+    The events of the batch's other reviews are finished too, so their tasks, queued or
+    waiting for a retry, end at their first look instead of analysing again.
+    """
     now = timezone.now()
     with transaction.atomic():
         event = event_lock(event_id=event_id)
         topic = event.topic if event is not None else ""
         locked = {
             (j.review_id, j.revision): j
-            for j in AnalysisJob.objects.select_for_update().filter(
-                review_id__in=[c.id for c in batch]
-            )
+            for j in AnalysisJob.objects.select_for_update()
+            .filter(review_id__in=[c.id for c in batch])
+            .order_by("pk")
         }
+        done: list[ReviewAnalysis] = []
+        alone: list[int] = []
         for c in batch:
             job = locked[(c.id, c.revision)]
             if job.state != AnalysisJob.State.PENDING:
                 continue  # a zombie finishing late: someone already settled this job
             analysis = results.get(c.id)
             if analysis is not None:
-                review = review_apply_analysis(
-                    review_id=c.id,
-                    revision=c.revision,
-                    sentiment=analysis.sentiment,
-                    tags=analysis.tags,
-                    language=analysis.language,
-                    reply_draft=analysis.reply_draft,
-                    model=model,
+                done.append(
+                    ReviewAnalysis(
+                        review_id=c.id,
+                        revision=c.revision,
+                        sentiment=analysis.sentiment,
+                        tags=analysis.tags,
+                        language=analysis.language,
+                        reply_draft=analysis.reply_draft,
+                    )
                 )
                 job.state = AnalysisJob.State.DONE
-                job.finished_at = now
-                job.save(update_fields=["state", "finished_at"])
-                if review is not None and analysis.sentiment == Review.Sentiment.CRITICAL:
-                    notify.alert_raise(review=review)
             elif job.solo or len(batch) == 1:
                 dead_letter_file(
                     job=job,
@@ -399,14 +416,51 @@ def _apply(
                     raw_response=raw,
                 )
             else:
-                job.solo = True
-                job.save(update_fields=["solo"])
+                alone.append(job.pk)
+        for review in reviews_apply_analyses(analyses=done, model=model, analyzed_at=now):
+            if review.sentiment == Review.Sentiment.CRITICAL:
+                notify.alert_raise(review=review)
+        AnalysisJob.objects.filter(
+            pk__in=[locked[(a.review_id, a.revision)].pk for a in done]
+        ).update(state=AnalysisJob.State.DONE, finished_at=now)
+        AnalysisJob.objects.filter(pk__in=alone).update(solo=True)
         reviews_release(review_ids=[c.id for c in batch])
+        _finish_companions(done, own_event_id=event_id)
         if event is None or TASK in event.finished_tasks:
             return "done"
-        own = AnalysisJob.objects.get(review_id=own_review_id, revision=event.payload["revision"])
+        own = locked[(own_review_id, event.payload["revision"])]
         if own.state == AnalysisJob.State.PENDING:
             event_retry_at(event=event, when=now)  # left out of the answer: retried alone
             return "retry_alone"
         event_finish(event=event, task=TASK)
         return "done" if own.state == AnalysisJob.State.DONE else "dead"
+
+
+def _finish_companions(done: list[ReviewAnalysis], *, own_event_id: str) -> None:
+    """Finish the handed-off analysis events of reviews this batch analysed (not our own),
+    so their tasks end at their first look instead of analysing again.
+
+    Events locked by their own running task are skipped: that task sees the analysis and
+    finishes its event itself. The filter matches the partial index of in-flight events.
+    """
+    revisions = {(a.review_id, a.revision) for a in done}
+    if not revisions:
+        return
+    events = (
+        OutboxEvent.objects.select_for_update(skip_locked=True)
+        .filter(
+            published_at__isnull=False,
+            finished_at__isnull=True,
+            payload__review_id__in=[review_id for review_id, _ in revisions],
+        )
+        .exclude(pk=own_event_id)
+    )
+    events_finish(
+        events=[
+            e
+            for e in events
+            if TASK in routes_for(e.topic)
+            and (e.payload.get("review_id"), e.payload.get("revision")) in revisions
+        ],
+        task=TASK,
+    )

@@ -125,6 +125,23 @@ def call_finish(
         _breaker_record(error)
 
 
+def _breaker_close() -> None:
+    """The provider answered: close the breaker. Conditional UPDATEs, so the usual case (it
+    is closed already) neither writes nor waits for the row lock other workers take."""
+    closed = Breaker.objects.filter(name=BREAKER_NAME).exclude(state=Breaker.State.CLOSED)
+    if closed.update(
+        state=Breaker.State.CLOSED,
+        consecutive_failures=0,
+        open_until=None,
+        probe_started_at=None,
+        reason="",
+    ):
+        logger.warning("AI provider breaker closed after a successful call")
+    Breaker.objects.filter(name=BREAKER_NAME, consecutive_failures__gt=0).update(
+        consecutive_failures=0
+    )
+
+
 def _breaker_row() -> Breaker:
     Breaker.objects.get_or_create(name=BREAKER_NAME)
     return Breaker.objects.select_for_update().get(name=BREAKER_NAME)
@@ -151,18 +168,13 @@ def _breaker_admit(now: datetime) -> Denied | None:
 
 
 def _breaker_record(error: Exception | None) -> None:
-    breaker = _breaker_row()
-    now = timezone.now()
     if error is None or isinstance(error, PermanentError):
         # The provider answered: whatever we think of the answer, it is up.
-        if breaker.state != Breaker.State.CLOSED:
-            logger.warning("AI provider breaker closed after a successful call")
-        breaker.state = Breaker.State.CLOSED
-        breaker.consecutive_failures = 0
-        breaker.open_until = None
-        breaker.probe_started_at = None
-        breaker.reason = ""
-    elif isinstance(error, ProviderUnavailable):
+        _breaker_close()
+        return
+    breaker = _breaker_row()
+    now = timezone.now()
+    if isinstance(error, ProviderUnavailable):
         breaker.state = Breaker.State.OPEN
         breaker.open_until = now + timedelta(seconds=settings.LLM_BREAKER_AUTH_COOLDOWN_S)
         breaker.reason = str(error)[:300]

@@ -12,6 +12,7 @@ from django.utils import timezone
 from aiworker.models import Alert
 from outbox.services import event_finish, event_lock, event_publish, event_retry_at
 from reviews.models import Review
+from reviews.services import review_event_key
 
 logger = logging.getLogger("aiworker.notify")
 TASK = "aiworker.tasks.notify_event"
@@ -23,7 +24,9 @@ def alert_raise(*, review: Review) -> Alert | None:
     if Alert.objects.filter(review=review).exists():
         return None
     event = event_publish(
-        topic="reviews.critical_alert", key=f"review:{review.pk}", payload={"review_id": review.pk}
+        topic="reviews.critical_alert",
+        key=review_event_key(review),
+        payload={"review_id": review.pk},
     )
     return Alert.objects.create(review=review, event_id=event.pk)
 

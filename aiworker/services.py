@@ -13,7 +13,7 @@ from aiworker.ledger import BREAKER_NAME
 from aiworker.models import AnalysisJob, Breaker, Budget, DeadLetter
 from outbox.services import event_publish, events_unpark
 from reviews.models import Review
-from reviews.services import review_mark_failed, review_mark_pending
+from reviews.services import review_event_key, review_mark_failed, review_mark_pending
 
 _VARIABLE = re.compile(r"\d+|[0-9a-f]{8,}|'[^']*'|\"[^\"]*\"")
 
@@ -102,7 +102,7 @@ def dead_letters_replay(
             review_mark_pending(review_id=review.pk)
             event_publish(
                 topic=letter.topic,
-                key=f"review:{review.pk}",
+                key=review_event_key(review),
                 payload={
                     "review_id": review.pk,
                     "revision": review.revision,

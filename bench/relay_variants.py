@@ -52,7 +52,7 @@ def _relay_once(*, batch_size: int, fast_signer: bool, use_copy: bool) -> HandOf
             claimed = cursor.fetchall()
         payloads = []
         unrouted_ids = []
-        for event_id, topic in claimed:
+        for event_id, topic, _key in claimed:
             funcs = routes_for(topic)
             if not funcs:
                 unrouted_ids.append(event_id)
@@ -67,7 +67,7 @@ def _relay_once(*, batch_size: int, fast_signer: bool, use_copy: bool) -> HandOf
                         )
                     )
                 else:
-                    payloads.append(task_package(func=func, event_id=event_id, topic=topic))
+                    payloads.append(task_package(func=func, event_ids=[event_id], topic=topic))
         if unrouted_ids:
             _finish_unrouted(unrouted_ids)
         now = timezone.now()

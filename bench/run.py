@@ -362,7 +362,7 @@ class Bench:
             {
                 "id": "gen_random_uuid()",
                 "topic": "'reviews.created'",
-                "key": "'review:' || (:id)::text",
+                "key": "'restaurant:' || (:rest)::text",  # as reviews.services.review_event_key
                 "payload": (
                     "jsonb_build_object('review_id', (:id)::bigint, 'revision', 1,"
                     " 'restaurant_id', (:rest)::bigint)"
@@ -440,6 +440,9 @@ class Bench:
             .replace("now()", "now() - interval '1 minute' + g * interval '1 microsecond'")
             for v in ev
         ]
+        # A key per event: one task per event, the same work as the raw-SQL reference (the
+        # app's restaurant keys would let the relay share tasks and enqueue fewer rows).
+        ev[ec.index("key")] = "'event:' || g"
         self.sql(
             f"INSERT INTO outbox_outboxevent ({', '.join(ec)}) "
             f"SELECT {', '.join(ev)} FROM generate_series(1, {int(count)}) AS g",
@@ -1994,7 +1997,7 @@ class Bench:
         from outbox.relay import task_package
 
         return task_package(
-            func="aiworker.tasks.analyze_event", event_id=uuid.uuid4(), topic="reviews.created"
+            func="aiworker.tasks.analyze_event", event_ids=[uuid.uuid4()], topic="reviews.created"
         )
 
     def _check_handoff(self, n: int) -> bool:

@@ -10,7 +10,10 @@ from django.utils import timezone
 class OutboxEvent(models.Model):
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
     topic = models.CharField(max_length=100)
-    key = models.CharField(max_length=200, help_text="Ordering/grouping key, e.g. review:42")
+    key = models.CharField(
+        max_length=200,
+        help_text="Grouping key: the relay gives events of one key one task (restaurant:42)",
+    )
     payload = models.JSONField(default=dict)
     created_at = models.DateTimeField(default=timezone.now)
     # The relay claims events whose time has come; consumers push this forward to retry or park.

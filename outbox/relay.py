@@ -12,6 +12,7 @@ import select
 import signal
 import time
 import uuid
+from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
@@ -41,12 +42,14 @@ WITH claimed AS (
     ORDER BY available_at
     LIMIT %s
     FOR UPDATE SKIP LOCKED
+), handed AS (
+    UPDATE outbox_outboxevent AS e
+    SET published_at = now(), handoffs = e.handoffs + 1
+    FROM claimed
+    WHERE e.id = claimed.id
+    RETURNING e.id, e.topic, e.key, e.available_at
 )
-UPDATE outbox_outboxevent AS e
-SET published_at = now(), handoffs = e.handoffs + 1
-FROM claimed
-WHERE e.id = claimed.id
-RETURNING e.id, e.topic
+SELECT id, topic, key FROM handed ORDER BY available_at
 """
 
 
@@ -59,14 +62,20 @@ class HandOff:
 
 
 def task_package(
-    *, func: str, event_id: uuid.UUID, topic: str, signer: signing.TimestampSigner | None = None
+    *,
+    func: str,
+    event_ids: list[uuid.UUID],
+    topic: str,
+    signer: signing.TimestampSigner | None = None,
 ) -> str:
-    """A signed django-q2 task package, byte for byte what `async_task` would enqueue."""
+    """A signed django-q2 task package, byte for byte what `async_task(func, *event_ids)`
+    would enqueue."""
+    more = f"+{len(event_ids) - 1}" if len(event_ids) > 1 else ""
     task = {
         "id": uuid.uuid4().hex,
-        "name": f"{topic}:{event_id}",
+        "name": f"{topic}:{event_ids[0]}{more}",
         "func": func,
-        "args": (str(event_id),),
+        "args": tuple(str(event_id) for event_id in event_ids),
         "kwargs": {},
         "ack_failure": True,
         "started": timezone.now(),
@@ -90,15 +99,27 @@ def relay_once(*, batch_size: int) -> HandOff:
         with connection.cursor() as cursor:
             cursor.execute(CLAIM_SQL, [batch_size])
             claimed = cursor.fetchall()
-        payloads = []
         unrouted = []
-        for event_id, topic in claimed:
+        # One task per route and key: a consumer sees the batch's events of one key together
+        # (e.g. one restaurant's new reviews, analysed in one provider call).
+        groups: dict[tuple[str, str], list[tuple[uuid.UUID, str]]] = defaultdict(list)
+        for event_id, topic, key in claimed:
             funcs = routes_for(topic)
             if not funcs:
                 unrouted.append(event_id)
-            payloads.extend(
-                task_package(func=f, event_id=event_id, topic=topic, signer=signer) for f in funcs
+            for func in funcs:
+                groups[(func, key)].append((event_id, topic))
+        per_task = settings.RELAY_TASK_EVENTS
+        payloads = [
+            task_package(
+                func=func,
+                event_ids=[event_id for event_id, _ in events[i : i + per_task]],
+                topic=events[i][1],
+                signer=signer,
             )
+            for (func, _), events in groups.items()
+            for i in range(0, len(events), per_task)
+        ]
         if unrouted:
             _finish_unrouted(unrouted)
         _enqueue(queue_key, payloads)

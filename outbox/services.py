@@ -1,9 +1,12 @@
 """Writes to the outbox. Every function here runs inside the caller's transaction."""
 
+from collections import defaultdict
 from datetime import datetime
 
 from django.conf import settings
 from django.db import connection, transaction
+from django.db.models import Value
+from django.db.models.functions import Coalesce
 from django.utils import timezone
 
 from outbox.models import Heartbeat, OutboxEvent
@@ -31,17 +34,45 @@ def event_lock(*, event_id: str) -> OutboxEvent | None:
     return OutboxEvent.objects.select_for_update().filter(pk=event_id).first()
 
 
+def events_unfinished(*, event_ids: list[str], task: str) -> set[str]:
+    """Which of these events still wait for `task` (a quick look, no locks)."""
+    rows = OutboxEvent.objects.filter(pk__in=event_ids, finished_at__isnull=True).values_list(
+        "pk", "finished_tasks"
+    )
+    return {str(pk) for pk, done in rows if task not in done}
+
+
 def event_finish(*, event: OutboxEvent, task: str) -> bool:
     """Record that one routed task is done with a locked event. Returns False if it already was."""
+    return bool(events_finish(events=[event], task=task))
+
+
+def events_finish(*, events: list[OutboxEvent], task: str) -> list[OutboxEvent]:
+    """`event_finish` for many locked events in one statement; returns those it changed."""
     _require_transaction()
-    if task in event.finished_tasks:
-        return False
-    event.finished_tasks = [*event.finished_tasks, task]
-    if set(routes_for(event.topic)) <= set(event.finished_tasks):
-        event.finished_at = timezone.now()
-    event.parked_reason = ""
-    event.save(update_fields=["finished_tasks", "finished_at", "parked_reason"])
-    return True
+    now = timezone.now()
+    changed = []
+    for event in events:
+        if task in event.finished_tasks:
+            continue
+        event.finished_tasks = [*event.finished_tasks, task]
+        if set(routes_for(event.topic)) <= set(event.finished_tasks):
+            event.finished_at = now
+            # A consumer may finish an event that waits for a retry: the relay must not hand
+            # it off again.
+            event.published_at = event.published_at or now
+        event.parked_reason = ""
+        changed.append(event)
+    # One UPDATE per distinct outcome (usually one): much cheaper than bulk_update's CASEs.
+    groups: dict[tuple, list] = defaultdict(list)
+    for event in changed:
+        groups[(tuple(event.finished_tasks), event.finished_at)].append(event.pk)
+    for (tasks, finished_at), ids in groups.items():
+        fields = {"finished_tasks": list(tasks), "finished_at": finished_at, "parked_reason": ""}
+        if finished_at is not None:
+            fields["published_at"] = Coalesce("published_at", Value(now))
+        OutboxEvent.objects.filter(pk__in=ids).update(**fields)
+    return changed
 
 
 def event_retry_at(*, event: OutboxEvent, when: datetime, parked_reason: str = "") -> None:
@@ -54,6 +85,18 @@ def event_retry_at(*, event: OutboxEvent, when: datetime, parked_reason: str = "
     if when <= timezone.now():
         with connection.cursor() as cursor:
             cursor.execute("SELECT pg_notify(%s, '')", [settings.OUTBOX_NOTIFY_CHANNEL])
+
+
+def events_hand_back(*, event_ids: list[str]) -> int:
+    """Give unfinished handed-off events back to the relay now (a task that ran out of time)."""
+    with transaction.atomic():
+        count = OutboxEvent.objects.filter(
+            pk__in=event_ids, published_at__isnull=False, finished_at__isnull=True
+        ).update(published_at=None, available_at=timezone.now())
+        if count:
+            with connection.cursor() as cursor:
+                cursor.execute("SELECT pg_notify(%s, '')", [settings.OUTBOX_NOTIFY_CHANNEL])
+    return count
 
 
 def events_unpark(*, reason_prefix: str = "") -> int:

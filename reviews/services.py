@@ -1,11 +1,12 @@
 """Every write to restaurants and reviews. Views, API views, commands and tasks call these."""
 
+import json
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser
-from django.db import transaction
+from django.db import connection, transaction
 from django.db.models import F, Q
 from django.utils import timezone
 
@@ -14,10 +15,16 @@ from outbox.services import event_publish
 from reviews.models import Restaurant, Review
 
 
+def review_event_key(review: Review) -> str:
+    """The outbox key of events about a review: its restaurant's. The relay gives a
+    restaurant's new events one task, and the worker analyses them in one provider call."""
+    return f"restaurant:{review.restaurant_id}"
+
+
 def _publish(review: Review, topic: str) -> None:
     event = event_publish(
         topic=topic,
-        key=f"review:{review.pk}",
+        key=review_event_key(review),
         payload={
             "review_id": review.pk,
             "revision": review.revision,
@@ -153,6 +160,95 @@ def reviews_release(*, review_ids: list[int]) -> None:
     Review.objects.filter(pk__in=review_ids).update(analysis_claimed_until=None)
 
 
+@dataclass(frozen=True)
+class ReviewAnalysis:
+    """An analysis computed for one revision of one review."""
+
+    review_id: int
+    revision: int
+    sentiment: str
+    tags: list[str]
+    language: str
+    reply_draft: str
+
+
+# One statement per review, sent together through psycopg's pipeline by executemany:
+# bulk_update's CASE expressions cost more Python time than the queries they save.
+APPLY_SQL = """
+UPDATE reviews_review SET
+    analysis_status = %s, analysis_revision = %s, analysis_provisional = %s,
+    analysis_waiting = %s, sentiment = %s, tags = %s::jsonb, language = %s,
+    reply_draft = %s, analysis_model = %s, analyzed_at = %s, analysis_claimed_until = NULL,
+    updated_at = %s
+WHERE id = %s
+"""
+
+
+def reviews_apply_analyses(
+    *,
+    analyses: list[ReviewAnalysis],
+    model: str,
+    provisional: bool = False,
+    waiting: str = "",
+    analyzed_at: datetime | None = None,
+) -> list[Review]:
+    """Write analyses that are for their review's current revision; returns the reviews
+    written (stale results are left out). One locking read and one UPDATE for the batch.
+
+    Must run in the caller's transaction (with the event bookkeeping): the rows stay locked.
+    """
+    by_id = {a.review_id: a for a in analyses}
+    now = analyzed_at or timezone.now()
+    written = []
+    # Locked in id order, so two transactions locking overlapping sets cannot deadlock.
+    for review in Review.objects.select_for_update().filter(pk__in=by_id).order_by("pk"):
+        analysis = by_id[review.pk]
+        if review.revision != analysis.revision:
+            continue
+        if review.analysis_status == Review.Status.DONE and (
+            provisional or not review.analysis_provisional
+        ):
+            continue  # already analysed at this revision: a late duplicate changes nothing
+        review.analysis_status = Review.Status.DONE
+        review.analysis_revision = analysis.revision
+        review.analysis_provisional = provisional
+        # A provisional analysis still waits for the real one, and says why.
+        review.analysis_waiting = waiting
+        review.sentiment = analysis.sentiment
+        review.tags = analysis.tags
+        review.language = analysis.language
+        if not review.reply_approved_at:
+            review.reply_draft = analysis.reply_draft
+        review.analysis_model = model
+        review.analyzed_at = now
+        review.analysis_claimed_until = None
+        review.updated_at = now
+        written.append(review)
+    if written:
+        with connection.cursor() as cursor:
+            cursor.executemany(
+                APPLY_SQL,
+                [
+                    (
+                        r.analysis_status,
+                        r.analysis_revision,
+                        r.analysis_provisional,
+                        r.analysis_waiting,
+                        r.sentiment,
+                        json.dumps(r.tags),
+                        r.language,
+                        r.reply_draft,
+                        r.analysis_model,
+                        r.analyzed_at,
+                        r.updated_at,
+                        r.pk,
+                    )
+                    for r in written
+                ],
+            )
+    return written
+
+
 def review_apply_analysis(
     *,
     review_id: int,
@@ -166,32 +262,15 @@ def review_apply_analysis(
     waiting: str = "",
     analyzed_at: datetime | None = None,
 ) -> Review | None:
-    """Write an analysis if it is for the current revision. Returns None for a stale result.
-
-    Must run in the caller's transaction (with the event bookkeeping), so it locks the row.
-    """
-    review = Review.objects.select_for_update().filter(pk=review_id).first()
-    if review is None or review.revision != revision:
-        return None
-    if review.analysis_status == Review.Status.DONE and not review.analysis_provisional:
-        return None  # already analysed at this revision: a late duplicate changes nothing
-    if provisional and review.analysis_status == Review.Status.DONE:
-        return None
-    review.analysis_status = Review.Status.DONE
-    review.analysis_revision = revision
-    review.analysis_provisional = provisional
-    # A provisional analysis still waits for the real one, and says why.
-    review.analysis_waiting = waiting
-    review.sentiment = sentiment
-    review.tags = tags
-    review.language = language
-    if not review.reply_approved_at:
-        review.reply_draft = reply_draft
-    review.analysis_model = model
-    review.analyzed_at = analyzed_at or timezone.now()
-    review.analysis_claimed_until = None
-    review.save()
-    return review
+    """`reviews_apply_analyses` for one review. Returns None for a stale result."""
+    written = reviews_apply_analyses(
+        analyses=[ReviewAnalysis(review_id, revision, sentiment, tags, language, reply_draft)],
+        model=model,
+        provisional=provisional,
+        waiting=waiting,
+        analyzed_at=analyzed_at,
+    )
+    return written[0] if written else None
 
 
 def review_mark_failed(*, review_id: int, revision: int) -> bool:

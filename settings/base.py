@@ -142,6 +142,9 @@ OUTBOX_ROUTES = {
 }
 OUTBOX_NOTIFY_CHANNEL = "outbox"
 RELAY_BATCH_SIZE = env_int("RELAY_BATCH_SIZE", 500)
+# Events of one key in a claimed batch share a task, up to this many (one LLM batch's worth):
+# a task costs the queue several ms of CPU however little it does (docs/BENCHMARKS.md).
+RELAY_TASK_EVENTS = env_int("RELAY_TASK_EVENTS", 10)
 RELAY_POLL_INTERVAL_S = env_float("RELAY_POLL_INTERVAL_S", 1.0)
 OUTBOX_RETENTION_HOURS = env_int("OUTBOX_RETENTION_HOURS", 72)
 OUTBOX_PRUNE_BATCH = env_int("OUTBOX_PRUNE_BATCH", 1000)
@@ -198,6 +201,8 @@ ALERT_WEBHOOK_TIMEOUT_S = env_float("ALERT_WEBHOOK_TIMEOUT_S", 5.0)
 # Numbers follow DESIGN.md §6: client timeout × (SDK retries + 1) < timeout < retry, and
 # retry > T × (1 + ceil((queue_limit + 1) / workers)) so prefetched tasks never run twice.
 # A provider call waits on the network: throughput comes from concurrency (docs/OPERATIONS.md).
+# The timeout's last 10 s are slack: a task holding several events starts no new one after
+# 5 s (aiworker.tasks.NEXT_EVENT_WITHIN_S), so its last event also ends before the timeout.
 Q_WORKERS = env_int("Q_WORKERS", 16)
 Q_QUEUE_LIMIT = 2
 Q_TIMEOUT_S = int(LLM_TIMEOUT_S * (LLM_SDK_MAX_RETRIES + 1) + LLM_BATCH_WAIT_MS / 1000 + 10)

@@ -35,7 +35,7 @@ def create(restaurant, text="Comida boa, entrega rápida.", rating=5) -> Review:
 
 
 def event_of(review) -> OutboxEvent:
-    return OutboxEvent.objects.get(key=f"review:{review.pk}", topic="reviews.created")
+    return OutboxEvent.objects.get(payload__review_id=review.pk, topic="reviews.created")
 
 
 # --------------------------------------------------------------------------- states that pass

@@ -60,6 +60,33 @@ def test_batching_30_reviews_of_one_restaurant_takes_3_calls(llm, restaurant, se
     assert sorted(LlmCall.objects.values_list("batch_size", flat=True)) == [10, 10, 10]
 
 
+def test_one_task_per_restaurant_batch_and_the_batch_finishes_its_companions(llm, restaurant):
+    reviews = make_reviews(restaurant, 12)
+    assert relay.relay_once(batch_size=100).tasks == 2  # one key: tasks of 10 and 2 events
+    outcomes = run_queued()
+    # The first event's call analyses the 10 reviews of its task and finishes their events.
+    assert outcomes == ["done" + ", duplicate" * 9, "done, duplicate"]
+    assert llm.stats()["calls"] == 2
+    assert statuses() == {"pending": 0, "done": 12, "failed": 0}
+    events = OutboxEvent.objects.filter(payload__review_id__in=[r.pk for r in reviews])
+    assert not events.filter(finished_at__isnull=True).exists()
+    assert set(events.values_list("handoffs", flat=True)) == {1}
+
+
+def test_task_out_of_time_hands_its_other_events_back(llm, restaurant, settings, monkeypatch):
+    settings.LLM_BATCH_SIZE = 1
+    monkeypatch.setattr("aiworker.tasks.NEXT_EVENT_WITHIN_S", -1.0)
+    make_reviews(restaurant, 3)
+    relay.relay_once(batch_size=100)
+    assert run_queued() == ["done, 2 handed back"]
+    assert OutboxEvent.objects.filter(published_at__isnull=True).count() == 2
+    drain()
+    assert statuses() == {"pending": 0, "done": 3, "failed": 0}
+    # Still out of time in the next task: its second event goes back once more.
+    assert sorted(OutboxEvent.objects.values_list("handoffs", flat=True)) == [1, 2, 3]
+    assert llm.stats()["calls"] == 3
+
+
 def test_batches_never_mix_restaurants(llm, restaurant, other_restaurant):
     make_reviews(restaurant, 3)
     make_reviews(other_restaurant, 3, text=GOOD_EN)
@@ -72,12 +99,13 @@ def test_batches_never_mix_restaurants(llm, restaurant, other_restaurant):
     assert llm.stats()["calls"] == 2
 
 
-def test_missing_id_in_batch_answer_is_retried_alone(llm, restaurant):
+def test_missing_id_in_batch_answer_is_retried_alone(llm, restaurant, settings):
+    settings.RELAY_TASK_EVENTS = 1
     make_reviews(restaurant, 4)
     llm.control(mode="drop_last")
     relay.relay_once(batch_size=10)
     first = OrmQ.objects.order_by("id").first()
-    OrmQ.objects.exclude(pk=first.pk).delete()  # run one task: one batch call of 4
+    OrmQ.objects.exclude(pk=first.pk).delete()  # run one event: one batch call of 4
     run_queued()
     assert llm.stats()["calls"] == 1
     assert statuses()["done"] == 3

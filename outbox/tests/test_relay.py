@@ -37,10 +37,13 @@ def publish(n: int, topic: str = "reviews.created") -> list:
 
 
 def bulk_events(n: int) -> None:
-    """Many unpublished events at once (faster than publish() for thousands)."""
+    """Many unpublished events at once (faster than publish() for thousands). Seven keys, so
+    relays also hand off tasks that carry several events."""
     OutboxEvent.objects.bulk_create(
         OutboxEvent(
-            topic="reviews.created", key=f"review:{i}", payload={"review_id": i, "revision": 1}
+            topic="reviews.created",
+            key=f"restaurant:{i % 7}",
+            payload={"review_id": i, "revision": 1},
         )
         for i in range(n)
     )
@@ -48,7 +51,9 @@ def bulk_events(n: int) -> None:
 
 def tasks_per_event() -> Counter:
     return Counter(
-        SignedPackage.loads(p)["args"][0] for p in OrmQ.objects.values_list("payload", flat=True)
+        event_id
+        for p in OrmQ.objects.values_list("payload", flat=True)
+        for event_id in SignedPackage.loads(p)["args"]
     )
 
 
@@ -79,6 +84,27 @@ def test_relay_once_hands_off_each_event_once_with_its_route():
     assert {p["func"] for p in packages} == {"aiworker.tasks.analyze_event"}
     assert relay.relay_once(batch_size=10).events == 0
     assert_exactly_once(3)
+
+
+@pytest.mark.django_db(transaction=True)
+@override_settings(RELAY_TASK_EVENTS=10)
+def test_events_of_one_key_share_a_task_of_at_most_relay_task_events():
+    with transaction.atomic():
+        same = [
+            event_publish(topic="reviews.created", key="restaurant:1", payload={"n": i}).pk
+            for i in range(23)
+        ]
+        other = event_publish(topic="reviews.created", key="restaurant:2", payload={}).pk
+    result = relay.relay_once(batch_size=100)
+    assert (result.events, result.tasks) == (24, 4)
+    args = sorted(
+        (SignedPackage.loads(p)["args"] for p in OrmQ.objects.values_list("payload", flat=True)),
+        key=len,
+    )
+    assert [len(a) for a in args] == [1, 3, 10, 10]
+    assert args[0] == (str(other),)
+    assert sorted(e for a in args[1:] for e in a) == sorted(str(pk) for pk in same)
+    assert_exactly_once(24)
 
 
 @pytest.mark.django_db(transaction=True)

@@ -224,6 +224,21 @@ def test_unknown_api_paths_answer_json_404(owner_api):
         assert response.status_code == 404 and response.json() == {"detail": "Not found."}
 
 
+@pytest.mark.parametrize("method", ["post", "put", "patch", "delete"])
+@pytest.mark.django_db
+def test_unknown_api_paths_answer_json_404_to_writes_too(owner, method):
+    # A real client gets CSRF checks (the test client skips them): unknown paths must still
+    # answer the documented JSON 404, not Django's HTML "CSRF verification failed" page.
+    from rest_framework.authtoken.models import Token
+    from rest_framework.test import APIClient
+
+    client = APIClient(enforce_csrf_checks=True)
+    client.credentials(HTTP_AUTHORIZATION=f"Token {Token.objects.create(user=owner).key}")
+    response = getattr(client, method)("/api/reviews/null%2Cnull/", {"rating": 1}, format="json")
+    assert response.status_code == 404 and response["Content-Type"] == "application/json"
+    assert response.json() == {"detail": "Not found."}
+
+
 @pytest.mark.django_db
 def test_schema_documents_error_answers(api):
     import yaml
