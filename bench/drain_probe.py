@@ -154,7 +154,7 @@ def main() -> int:
             (f"  {k} ms/review", lambda r, k=k: r["drain"]["cpu_ms_per_review"].get(k, 0.0), 2)
             for k in kinds
         ],
-        ("queue tasks per review", lambda r: r["drain"]["handoffs"] / args.reviews, 2),
+        ("event hand-offs per review", lambda r: r["drain"]["handoffs"] / args.reviews, 2),
         ("reviews per provider call", lambda r: args.reviews / max(r["drain"]["calls"], 1), 1),
         (
             "redelivered event, machine CPU ms",

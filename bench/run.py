@@ -292,6 +292,13 @@ class Bench:
             )
         }
         tables = [t for t in wanted if t in existing]
+        # Tasks still queued keep workers in transactions on these tables; TRUNCATE takes
+        # its locks one table at a time and can deadlock with them.
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and self.scalar(
+            "SELECT count(*) FROM django_q_ormq WHERE to_regclass('django_q_ormq') IS NOT NULL"
+        ):
+            time.sleep(0.5)
         for attempt in range(5):
             try:
                 self.sql("SET lock_timeout = '5s'", fetch=False)
@@ -1490,7 +1497,10 @@ class Bench:
         figures["memory_peaks"] = memory_peaks
         zero = figures.get("0")
         figures["targets"] = {
-            "p99_le_1s_at_0ms": bool(zero) and zero["stages_ms"]["total"]["p99"] <= 1000
+            # Only a run in which every accepted review was found analysed counts.
+            "p99_le_1s_at_0ms": bool(zero)
+            and zero["analysed"] == zero["post"]["ok"] > 0
+            and zero["stages_ms"]["total"]["p99"] <= 1000
         }
         series_md = []
         for latency, series in out.items():
@@ -1564,7 +1574,8 @@ class Bench:
             SELECT r.created_at, e.published_at, {handed_col}, c.created_at, c.latency_ms,
                    r.analyzed_at
             FROM reviews_review r
-            JOIN outbox_outboxevent e ON e.key = 'review:' || r.id AND e.topic = 'reviews.created'
+            JOIN outbox_outboxevent e
+              ON (e.payload ->> 'review_id')::bigint = r.id AND e.topic = 'reviews.created'
             JOIN aiworker_llmresult lr ON lr.review_id = r.id
             JOIN aiworker_llmcall c ON c.id = lr.call_id
             WHERE r.analysis_status = 'done' AND r.analyzed_at IS NOT NULL
