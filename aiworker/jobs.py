@@ -53,7 +53,6 @@ from reviews.models import Review
 from reviews.services import (
     ClaimedReview,
     ReviewAnalysis,
-    review_apply_analysis,
     review_mark_pending,
     reviews_apply_analyses,
     reviews_claim_for_analysis,
@@ -266,17 +265,13 @@ def _park(event_id: str, batch: list[ClaimedReview], denied: Denied, *, refund: 
             review_mark_pending(review_id=c.id, waiting=waiting)
             if settings.LLM_FALLBACK_LOCAL:
                 local = analyze_text(text=c.text, rating=c.rating, tone=c.tone)
-                review = review_apply_analysis(
-                    review_id=c.id,
-                    revision=c.revision,
-                    sentiment=local.sentiment,
-                    tags=local.tags,
-                    language=local.language,
-                    reply_draft=local.reply_draft,
+                written = reviews_apply_analyses(
+                    analyses=[_review_analysis(c, local)],
                     model=LOCAL_MODEL,
                     provisional=True,
                     waiting=waiting,
                 )
+                review = written[0] if written else None
             else:
                 review = (
                     Review.objects.select_for_update().filter(pk=c.id, revision=c.revision).first()
@@ -395,16 +390,7 @@ def _apply(
                 continue  # a zombie finishing late: someone already settled this job
             analysis = results.get(c.id)
             if analysis is not None:
-                done.append(
-                    ReviewAnalysis(
-                        review_id=c.id,
-                        revision=c.revision,
-                        sentiment=analysis.sentiment,
-                        tags=analysis.tags,
-                        language=analysis.language,
-                        reply_draft=analysis.reply_draft,
-                    )
-                )
+                done.append(_review_analysis(c, analysis))
                 job.state = AnalysisJob.State.DONE
             elif job.solo or len(batch) == 1:
                 dead_letter_file(
@@ -434,6 +420,17 @@ def _apply(
             return "retry_alone"
         event_finish(event=event, task=TASK)
         return "done" if own.state == AnalysisJob.State.DONE else "dead"
+
+
+def _review_analysis(review: ClaimedReview, analysis: Analysis) -> ReviewAnalysis:
+    return ReviewAnalysis(
+        review_id=review.id,
+        revision=review.revision,
+        sentiment=analysis.sentiment,
+        tags=analysis.tags,
+        language=analysis.language,
+        reply_draft=analysis.reply_draft,
+    )
 
 
 def _finish_companions(done: list[ReviewAnalysis], *, own_event_id: str) -> None:

@@ -31,6 +31,20 @@ def machine_busy() -> tuple[int, int]:
     return sum(fields) - fields[3] - fields[4], sum(fields)
 
 
+def timed(bench, start, done, what: str) -> tuple[float, float, dict[str, float]]:
+    """Run `start`, wait for `done`: seconds, machine CPU seconds, CPU seconds per kind."""
+    from stack import wait_for  # bench/stack.py of the checkout being measured
+
+    sampler = bench.sampler(interval=0.5, snapshot=False)
+    sampler.start()
+    busy0, t0 = machine_busy(), time.monotonic()
+    start()
+    wait_for(done, 900, what)
+    seconds, busy1 = time.monotonic() - t0, machine_busy()
+    sampler.stop()
+    return seconds, (busy1[0] - busy0[0]) / os.sysconf("SC_CLK_TCK"), sampler.cpu()
+
+
 def measure_one(root: Path, reviews: int) -> dict:
     """One measurement with the harness and the app of `root` (run in its own process)."""
     sys.path[:0] = [str(root / "bench"), str(root)]
@@ -44,7 +58,6 @@ def measure_one(root: Path, reviews: int) -> dict:
     bench.setup_django()
     bench.migrate()
     bench.fixtures()
-    tick = os.sysconf("SC_CLK_TCK")
     done_sql = "SELECT count(*) FROM reviews_review WHERE analysis_status = 'done'"
     out: dict = {}
     try:
@@ -55,42 +68,35 @@ def measure_one(root: Path, reviews: int) -> dict:
         bench.reset_data()
         time.sleep(2)  # the cluster settles
 
-        sampler = bench.sampler(interval=0.5, snapshot=False)
-        sampler.start()
-        busy0, t0 = machine_busy(), time.monotonic()
-        bench.preload_reviews(reviews)
-        harness.wait_for(lambda: bench.scalar(done_sql) >= reviews, 900, "the drain")
-        seconds, busy1 = time.monotonic() - t0, machine_busy()
-        sampler.stop()
+        seconds, cpu_s, by_kind = timed(
+            bench,
+            lambda: bench.preload_reviews(reviews),
+            lambda: bench.scalar(done_sql) >= reviews,
+            "the drain",
+        )
         out["drain"] = {
             "seconds": seconds,
             "reviews_per_s": reviews / seconds,
-            "machine_cpu_ms_per_review": (busy1[0] - busy0[0]) / tick * 1000 / reviews,
-            "cpu_ms_per_review": {k: v * 1000 / reviews for k, v in sampler.cpu().items()},
+            "machine_cpu_ms_per_review": cpu_s * 1000 / reviews,
+            "cpu_ms_per_review": {k: v * 1000 / reviews for k, v in by_kind.items()},
             "calls": bench.scalar("SELECT count(*) FROM aiworker_llmcall"),
             "handoffs": bench.scalar("SELECT sum(handoffs) FROM outbox_outboxevent"),
         }
-
-        sampler = bench.sampler(interval=0.5, snapshot=False)
-        sampler.start()
-        busy0, t0 = machine_busy(), time.monotonic()
-        bench.sql(
-            "UPDATE outbox_outboxevent SET published_at = NULL, available_at = now()",
-            fetch=False,
-        )
-        harness.wait_for(
+        seconds, cpu_s, _ = timed(
+            bench,
+            lambda: bench.sql(
+                "UPDATE outbox_outboxevent SET published_at = NULL, available_at = now()",
+                fetch=False,
+            ),
             lambda: bench.scalar("SELECT count(*) FROM django_q_ormq") == 0
             and bench.scalar("SELECT count(*) FROM outbox_outboxevent WHERE published_at IS NULL")
             == 0,
-            900,
             "the redelivered events",
         )
-        seconds, busy1 = time.monotonic() - t0, machine_busy()
-        sampler.stop()
         out["redeliver"] = {
             "seconds": seconds,
             "events_per_s": reviews / seconds,
-            "machine_cpu_ms_per_event": (busy1[0] - busy0[0]) / tick * 1000 / reviews,
+            "machine_cpu_ms_per_event": cpu_s * 1000 / reviews,
         }
     finally:
         bench.procs.stop_all()
