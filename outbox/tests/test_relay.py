@@ -137,16 +137,30 @@ def test_event_scheduled_for_later_waits():
 @pytest.mark.parametrize("relays", [2, 4])
 def test_parallel_relays_hand_off_5000_events_exactly_once(proc_env, relays):
     bulk_events(5000)
-    procs = [
-        subprocess.Popen(
-            relay_cmd("--once", "--batch-size", "100"),
-            env=proc_env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        for _ in range(relays)
-    ]
+    # A table lock holds every relay at its first claim until all of them wait there, so a
+    # slow process start cannot let one relay do all the work before the others begin.
+    with transaction.atomic(), connection.cursor() as cursor:
+        cursor.execute("LOCK TABLE outbox_outboxevent IN EXCLUSIVE MODE")
+        procs = [
+            subprocess.Popen(
+                relay_cmd("--once", "--batch-size", "100"),
+                env=proc_env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+            for _ in range(relays)
+        ]
+        deadline = time.monotonic() + 60
+        waiting = 0
+        while waiting < relays and time.monotonic() < deadline:
+            time.sleep(0.1)
+            cursor.execute(
+                "SELECT count(*) FROM pg_locks"
+                " WHERE relation = 'outbox_outboxevent'::regclass AND NOT granted"
+            )
+            waiting = cursor.fetchone()[0]
+        assert waiting == relays, f"only {waiting} of {relays} relays reached the claim"
     outputs = [p.communicate(timeout=120) for p in procs]
     assert all(p.returncode == 0 for p in procs), outputs
     handed = [int(out.split()[2]) for out, _ in outputs]
