@@ -383,6 +383,7 @@ def _apply(
             .order_by("pk")
         }
         done: list[ReviewAnalysis] = []
+        done_jobs: list[int] = []
         alone: list[int] = []
         for c in batch:
             job = locked[(c.id, c.revision)]
@@ -391,6 +392,7 @@ def _apply(
             analysis = results.get(c.id)
             if analysis is not None:
                 done.append(_review_analysis(c, analysis))
+                done_jobs.append(job.pk)
                 job.state = AnalysisJob.State.DONE
             elif job.solo or len(batch) == 1:
                 dead_letter_file(
@@ -406,9 +408,9 @@ def _apply(
         for review in reviews_apply_analyses(analyses=done, model=model, analyzed_at=now):
             if review.sentiment == Review.Sentiment.CRITICAL:
                 notify.alert_raise(review=review)
-        AnalysisJob.objects.filter(
-            pk__in=[locked[(a.review_id, a.revision)].pk for a in done]
-        ).update(state=AnalysisJob.State.DONE, finished_at=now)
+        AnalysisJob.objects.filter(pk__in=done_jobs).update(
+            state=AnalysisJob.State.DONE, finished_at=now
+        )
         AnalysisJob.objects.filter(pk__in=alone).update(solo=True)
         reviews_release(review_ids=[c.id for c in batch])
         _finish_companions(done, own_event_id=event_id)

@@ -1,4 +1,5 @@
-"""Writes to the outbox. Every function here runs inside the caller's transaction."""
+"""Writes to the outbox, and the quick look a task takes before them. Functions that call
+`_require_transaction()` run inside the caller's transaction; the others need none of theirs."""
 
 from collections import defaultdict
 from datetime import datetime
