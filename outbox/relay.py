@@ -6,14 +6,20 @@ happens to this process. Events are claimed by state with SKIP LOCKED, never by 
 so relays share work and a long transaction elsewhere cannot make one skip an event.
 """
 
+import copyreg
+import datetime as dt
+import io
 import logging
 import os
+import pickle
+import secrets
 import select
 import signal
 import time
 import uuid
+import zlib
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -23,11 +29,11 @@ from django.core import signing
 from django.db import connection, transaction
 from django.db.utils import DatabaseError, InterfaceError, OperationalError
 from django.utils import timezone
+from django.utils.crypto import salted_hmac
 from django.utils.module_loading import import_string
 from django_q.brokers import get_broker
 from django_q.conf import Conf
 from django_q.models import OrmQ
-from django_q.signing import PickleSerializer
 
 from outbox.models import Heartbeat, OutboxEvent
 from outbox.routes import routes_for
@@ -49,7 +55,7 @@ WITH claimed AS (
     WHERE e.id = claimed.id
     RETURNING e.id, e.topic, e.key, e.available_at
 )
-SELECT id, topic, key FROM handed ORDER BY available_at
+SELECT id::text, topic, key FROM handed ORDER BY available_at
 """
 
 
@@ -61,48 +67,79 @@ class HandOff:
     seconds: float
 
 
-def task_package(
-    *,
-    func: str,
-    event_ids: list[uuid.UUID],
-    topic: str,
-    signer: signing.TimestampSigner | None = None,
-) -> str:
-    """A signed django-q2 task package, byte for byte what `async_task(func, *event_ids)`
-    would enqueue."""
-    more = f"+{len(event_ids) - 1}" if len(event_ids) > 1 else ""
-    task = {
-        "id": uuid.uuid4().hex,
-        "name": f"{topic}:{event_ids[0]}{more}",
-        "func": func,
-        "args": tuple(str(event_id) for event_id in event_ids),
-        "kwargs": {},
-        "ack_failure": True,
-        "started": timezone.now(),
-    }
-    signer = signer or package_signer()
-    return signer.sign_object(task, serializer=PickleSerializer, compress=Conf.COMPRESSED)
+class TaskPacker:
+    """Signed django-q2 task packages for one batch: what `SignedPackage.dumps` makes of the
+    task `async_task(func, *event_ids)` builds, read back by `SignedPackage.loads`.
+
+    Pickling and signing were most of the relay's Python time (docs/BENCHMARKS.md, relay
+    profile), so what does not depend on the task is done once per batch: the signer's key
+    derivation and timestamp, the task's `started`, the pickler. The format is Django's
+    `TimestampSigner.sign_object` (outbox/tests/test_relay.py compares them byte for byte).
+    """
+
+    def __init__(self) -> None:
+        self.started = timezone.now()
+        signer = signing.TimestampSigner(key=Conf.SECRET_KEY, salt=Conf.PREFIX)
+        self._stamp = signer.timestamp()
+        # Signer.signature's salted_hmac(salt + "signer", value, key), before `value` is fed.
+        self._mac = salted_hmac(f"{signer.salt}signer", b"", signer.key, algorithm=signer.algorithm)
+        self._compress = Conf.COMPRESSED
+        self._buffer = io.BytesIO()
+        self._pickler = _TaskPickler(self._buffer, pickle.HIGHEST_PROTOCOL)
+
+    def pack(self, *, func: str, event_ids: list[str], topic: str) -> str:
+        more = f"+{len(event_ids) - 1}" if len(event_ids) > 1 else ""
+        task = {
+            # django-q2 uses the id only as a unique name: 32 random hex digits, as uuid4().hex.
+            "id": secrets.token_hex(16),
+            "name": f"{topic}:{event_ids[0]}{more}",
+            "func": func,
+            "args": tuple(event_ids),
+            "kwargs": {},
+            "ack_failure": True,
+            "started": self.started,
+        }
+        data = self._pickle(task)
+        flag = ""
+        if self._compress:
+            compressed = zlib.compress(data)
+            if len(compressed) < len(data) - 1:
+                data, flag = compressed, "."
+        value = f"{flag}{signing.b64_encode(data).decode()}:{self._stamp}"
+        mac = self._mac.copy()
+        mac.update(value.encode())
+        return f"{value}:{signing.b64_encode(mac.digest()).decode()}"
+
+    def _pickle(self, task: dict) -> bytes:
+        # One pickler with a cleared memo writes a complete pickle per task, as pickle.dumps.
+        self._buffer.seek(0)
+        self._buffer.truncate()
+        self._pickler.clear_memo()
+        self._pickler.dump(task)
+        return self._buffer.getvalue()
 
 
-def package_signer() -> signing.TimestampSigner:
-    # SignedPackage.dumps builds (and validates) a new signer per task; one per batch is
-    # enough and measurably faster (docs/BENCHMARKS.md, relay variants).
-    return signing.TimestampSigner(key=Conf.SECRET_KEY, salt=Conf.PREFIX)
+class _TaskPickler(pickle.Pickler):
+    # The default reduction of datetime.timezone goes through copyreg in Python and cost
+    # more than the rest of the task together; this one pickles to the same bytes.
+    dispatch_table = copyreg.dispatch_table.copy()
+    dispatch_table[dt.timezone] = lambda tz: (dt.timezone, (tz.utcoffset(None),))
 
 
 def relay_once(*, batch_size: int) -> HandOff:
     """Hand off at most one batch. Returns what was done (events == 0: nothing to do)."""
     started = time.perf_counter()
     queue_key = get_broker().list_key or Conf.CLUSTER_NAME
-    signer = package_signer()
     with transaction.atomic():
         with connection.cursor() as cursor:
             cursor.execute(CLAIM_SQL, [batch_size])
             claimed = cursor.fetchall()
+        if not claimed:
+            return HandOff(0, 0, 0, time.perf_counter() - started)
         unrouted = []
         # One task per route and key: a consumer sees the batch's events of one key together
         # (e.g. one restaurant's new reviews, analysed in one provider call).
-        groups: dict[tuple[str, str], list[tuple[uuid.UUID, str]]] = defaultdict(list)
+        groups: dict[tuple[str, str], list[tuple[str, str]]] = defaultdict(list)
         for event_id, topic, key in claimed:
             funcs = routes_for(topic)
             if not funcs:
@@ -110,20 +147,25 @@ def relay_once(*, batch_size: int) -> HandOff:
             for func in funcs:
                 groups[(func, key)].append((event_id, topic))
         per_task = settings.RELAY_TASK_EVENTS
-        payloads = [
-            task_package(
-                func=func,
-                event_ids=[event_id for event_id, _ in events[i : i + per_task]],
-                topic=events[i][1],
-                signer=signer,
-            )
-            for (func, _), events in groups.items()
-            for i in range(0, len(events), per_task)
-        ]
+        packer = TaskPacker()
+        # A generator: COPY sends each 32 KiB of rows while later packages are still being
+        # built, so the server inserts them on the other core meanwhile.
+        tasks = _enqueue(
+            queue_key,
+            (
+                packer.pack(
+                    func=func,
+                    event_ids=[event_id for event_id, _ in events[i : i + per_task]],
+                    topic=events[i][1],
+                )
+                for (func, _), events in groups.items()
+                for i in range(0, len(events), per_task)
+            ),
+            now=packer.started,
+        )
         if unrouted:
             _finish_unrouted(unrouted)
-        _enqueue(queue_key, payloads)
-    result = HandOff(len(claimed), len(payloads), len(unrouted), time.perf_counter() - started)
+    result = HandOff(len(claimed), tasks, len(unrouted), time.perf_counter() - started)
     if result.events:
         logger.info(
             "handed off %d events as %d tasks in %.1f ms%s",
@@ -135,18 +177,19 @@ def relay_once(*, batch_size: int) -> HandOff:
     return result
 
 
-def _enqueue(queue_key: str, payloads: list[str]) -> None:
+def _enqueue(queue_key: str, payloads: Iterable[str], *, now: dt.datetime) -> int:
     """Insert django-q2 queue rows (what the ORM broker's enqueue writes) with one COPY, in
-    the caller's transaction: about twice the rate of bulk_create here (docs/BENCHMARKS.md)."""
-    if not payloads:
-        return
-    now = timezone.now()
+    the caller's transaction: about twice the rate of bulk_create here (docs/BENCHMARKS.md).
+    Returns the number of rows."""
+    rows = 0
     with (
         connection.cursor() as cursor,
         cursor.cursor.copy(f"COPY {OrmQ._meta.db_table} (key, payload, lock) FROM STDIN") as copy,
     ):
         for payload in payloads:
             copy.write_row((queue_key, payload, now))
+            rows += 1
+    return rows
 
 
 def _finish_unrouted(event_ids: list) -> None:

@@ -8,6 +8,7 @@ import subprocess
 import sys
 import threading
 import time
+import uuid
 from collections import Counter
 from datetime import timedelta
 from pathlib import Path
@@ -16,8 +17,9 @@ import pytest
 from django.db import connection, transaction
 from django.test import override_settings
 from django.utils import timezone
+from django_q.conf import Conf
 from django_q.models import OrmQ
-from django_q.signing import SignedPackage
+from django_q.signing import BadSignature, SignedPackage
 
 from outbox import relay
 from outbox.models import OutboxEvent
@@ -121,6 +123,31 @@ def test_unrouted_event_is_finished_with_a_warning_and_fan_out_enqueues_each_rou
         SignedPackage.loads(p)["func"] for p in OrmQ.objects.values_list("payload", flat=True)
     )
     assert funcs == routes["fan.out"]
+
+
+@pytest.mark.parametrize("compressed", [False, True])
+def test_packer_signs_what_django_q2_signs(monkeypatch, compressed):
+    """The batch packer's packages are django-q2's own: the same pickle bytes (compressed
+    when the cluster compresses) under a signature `SignedPackage.loads` verifies."""
+    monkeypatch.setattr(Conf, "COMPRESSED", compressed)
+    ids = [str(uuid.uuid4()) for _ in range(10)]
+    packer = relay.TaskPacker()
+    packages = [
+        packer.pack(func="aiworker.tasks.analyze_event", event_ids=ids[:n], topic="t")
+        for n in (1, 10)
+    ]
+    for n, package in zip((1, 10), packages, strict=True):
+        task = SignedPackage.loads(package)
+        assert task["args"] == tuple(ids[:n])
+        assert task["name"] == f"t:{ids[0]}" + (f"+{n - 1}" if n > 1 else "")
+        assert task["started"] == packer.started and task["started"].tzinfo is not None
+        # Django's signer over the same task: identical up to the signature's timestamp.
+        expected = SignedPackage.dumps(task, compressed=compressed)
+        assert package.rsplit(":", 2)[0] == expected.rsplit(":", 2)[0]
+    assert packages[1].startswith(".") == compressed  # ten ids compress well
+    tampered = packages[0].replace(packages[0][5], "A" if packages[0][5] != "A" else "B", 1)
+    with pytest.raises(BadSignature):
+        SignedPackage.loads(tampered)
 
 
 @pytest.mark.django_db(transaction=True)

@@ -185,6 +185,7 @@ BANDIT_ACCEPTED = Counter(
         ("B101", "aiworker/fake_llm.py"): 1,  # assert narrows a type; not a security check
         ("B101", "aiworker/jobs.py"): 1,
         ("B101", "outbox/relay.py"): 1,
+        ("B403", "outbox/relay.py"): 1,  # writes django-q2's pickled packages, never loads any
         ("B311", "aiworker/fake_llm.py"): 1,  # random for fault injection, not crypto
         ("B311", "aiworker/jobs.py"): 3,  # random for backoff/429/parking jitter, not crypto
         ("B404", "aiworker/supervisor.py"): 1,  # runs our own manage.py qcluster
