@@ -16,9 +16,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections import defaultdict
 
-from django.conf import settings
 from django.core import signing
 from django.db import connection, transaction
 from django.utils import timezone
@@ -26,8 +24,15 @@ from django_q.brokers import get_broker
 from django_q.conf import Conf
 from django_q.signing import PickleSerializer
 
-from outbox.relay import CLAIM_SQL, HandOff, TaskPacker, _enqueue, _finish_unrouted
-from outbox.routes import routes_for
+from outbox.relay import (
+    CLAIM_SQL,
+    HandOff,
+    TaskPacker,
+    _enqueue,
+    _finish_unrouted,
+    _packages,
+    _route,
+)
 
 
 class _DjangoSigner:
@@ -61,25 +66,9 @@ def _relay_once(*, batch_size: int, django_signer=False, listed=False, uuids=Fal
             claimed = cursor.fetchall()
         if not claimed:
             return HandOff(0, 0, 0, time.perf_counter() - started)
-        unrouted = []
-        groups: dict[tuple, list] = defaultdict(list)
-        for event_id, topic, key in claimed:
-            funcs = routes_for(topic)
-            if not funcs:
-                unrouted.append(event_id)
-            for func in funcs:
-                groups[(func, key)].append((event_id, topic))
-        per_task = settings.RELAY_TASK_EVENTS
+        groups, unrouted = _route(claimed)
         packer = _DjangoSigner() if django_signer else TaskPacker()
-        payloads = (
-            packer.pack(
-                func=func,
-                event_ids=[event_id for event_id, _ in events[i : i + per_task]],
-                topic=events[i][1],
-            )
-            for (func, _), events in groups.items()
-            for i in range(0, len(events), per_task)
-        )
+        payloads = _packages(groups, packer)
         tasks = _enqueue(queue_key, list(payloads) if listed else payloads, now=packer.started)
         if unrouted:
             _finish_unrouted(unrouted)

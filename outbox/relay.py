@@ -19,7 +19,7 @@ import time
 import uuid
 import zlib
 from collections import defaultdict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -136,33 +136,11 @@ def relay_once(*, batch_size: int) -> HandOff:
             claimed = cursor.fetchall()
         if not claimed:
             return HandOff(0, 0, 0, time.perf_counter() - started)
-        unrouted = []
-        # One task per route and key: a consumer sees the batch's events of one key together
-        # (e.g. one restaurant's new reviews, analysed in one provider call).
-        groups: dict[tuple[str, str], list[tuple[str, str]]] = defaultdict(list)
-        for event_id, topic, key in claimed:
-            funcs = routes_for(topic)
-            if not funcs:
-                unrouted.append(event_id)
-            for func in funcs:
-                groups[(func, key)].append((event_id, topic))
-        per_task = settings.RELAY_TASK_EVENTS
+        groups, unrouted = _route(claimed)
         packer = TaskPacker()
         # A generator: COPY sends each 32 KiB of rows while later packages are still being
         # built, so the server inserts them on the other core meanwhile.
-        tasks = _enqueue(
-            queue_key,
-            (
-                packer.pack(
-                    func=func,
-                    event_ids=[event_id for event_id, _ in events[i : i + per_task]],
-                    topic=events[i][1],
-                )
-                for (func, _), events in groups.items()
-                for i in range(0, len(events), per_task)
-            ),
-            now=packer.started,
-        )
+        tasks = _enqueue(queue_key, _packages(groups, packer), now=packer.started)
         if unrouted:
             _finish_unrouted(unrouted)
     result = HandOff(len(claimed), tasks, len(unrouted), time.perf_counter() - started)
@@ -175,6 +153,34 @@ def relay_once(*, batch_size: int) -> HandOff:
             f" ({result.unrouted} without a route, marked finished)" if result.unrouted else "",
         )
     return result
+
+
+def _route(claimed: list[tuple[str, str, str]]) -> tuple[dict, list[str]]:
+    """Claimed (id, topic, key) rows grouped by route and key, and the ids without a route.
+
+    One task per route and key: a consumer sees the batch's events of one key together (e.g.
+    one restaurant's new reviews, analysed in one provider call).
+    """
+    groups: dict[tuple[str, str], list[tuple[str, str]]] = defaultdict(list)
+    unrouted = []
+    for event_id, topic, key in claimed:
+        funcs = routes_for(topic)
+        if not funcs:
+            unrouted.append(event_id)
+        for func in funcs:
+            groups[(func, key)].append((event_id, topic))
+    return groups, unrouted
+
+
+def _packages(groups: dict, packer: "TaskPacker") -> Iterator[str]:
+    """One signed package per group, split into tasks of at most RELAY_TASK_EVENTS events."""
+    per_task = settings.RELAY_TASK_EVENTS
+    for (func, _), events in groups.items():
+        for i in range(0, len(events), per_task):
+            chunk = events[i : i + per_task]
+            yield packer.pack(
+                func=func, event_ids=[event_id for event_id, _ in chunk], topic=chunk[0][1]
+            )
 
 
 def _enqueue(queue_key: str, payloads: Iterable[str], *, now: dt.datetime) -> int:
