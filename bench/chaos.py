@@ -36,18 +36,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
-from chaos_stack import (
-    ROOT,
-    VENV_BIN,
-    PrivatePostgres,
-    Procs,
-    WebhookReceiver,
-    children,
-    free_port,
-    gunicorn_argv,
-    http_ok,
-    wait_for,
-)
+from chaos_stack import VENV_BIN, PrivatePostgres, Procs, WebhookReceiver, gunicorn_argv
+from stack import ROOT, children, descendants, free_port, http_ok, wait_for
 
 sys.path.insert(0, str(ROOT))
 
@@ -410,8 +400,6 @@ class Chaos:
 
     def _wchans(self) -> list[str]:
         """Where each process of the cluster sleeps in the kernel (futex = a lock, pipe = idle)."""
-        from chaos_stack import descendants
-
         out = []
         for pid in descendants(self.procs.pid("qcluster")):
             try:

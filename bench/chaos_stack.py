@@ -4,6 +4,7 @@ Everything runs on 127.0.0.1. The PostgreSQL cluster lives in a temporary direct
 port and is started, crashed and restarted with Debian's `pg_ctl` (as the `postgres` user when
 run as root), so the machine's shared PostgreSQL is never touched. Every process is started in
 its own session (process group) and killed as a group at the end, even on errors or Ctrl-C.
+The port, wait, /proc and spawn helpers are bench/stack.py's: one copy for bench and tests.
 """
 
 from __future__ import annotations
@@ -13,66 +14,18 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import threading
 import time
-import urllib.error
-import urllib.request
 from collections import Counter
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+from stack import ROOT, free_port, spawn
+
 VENV_BIN = Path(sys.executable).parent
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_for(predicate, timeout: float, what: str, interval: float = 0.1):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    raise RuntimeError(f"timed out after {timeout:.0f}s waiting for {what}")
-
-
-def children(pid: int) -> list[int]:
-    """Direct children of a process, from /proc."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[1]) == pid:
-            found.append(int(entry.name))
-    return found
-
-
-def descendants(pid: int) -> list[int]:
-    out = []
-    for child in children(pid):
-        out += [child, *descendants(child)]
-    return out
-
-
-def http_ok(url: str, timeout: float = 1.0) -> bool:
-    try:
-        with urllib.request.urlopen(url, timeout=timeout) as response:
-            return 200 <= response.status < 300
-    except (OSError, urllib.error.URLError):
-        return False
 
 
 class PrivatePostgres:
@@ -228,18 +181,8 @@ class Procs:
 
     def start(self, name: str, argv: list[str], env: dict | None = None) -> subprocess.Popen:
         self.starts[name] += 1
-        log = open(self.log_dir / f"{name}.log", "ab")  # noqa: SIM115 - owned by the process
-        log.write(f"\n=== start #{self.starts[name]} at {time.strftime('%H:%M:%S')} ===\n".encode())
-        log.flush()
-        proc = subprocess.Popen(
-            argv,
-            env=env or self.env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            cwd=ROOT,
-            start_new_session=True,
-        )
-        log.close()
+        header = f"start #{self.starts[name]} at {time.strftime('%H:%M:%S')} ==="
+        proc = spawn(argv, env or self.env, self.log_dir / f"{name}.log", header)
         self.procs[name] = proc
         return proc
 

@@ -2,6 +2,10 @@
 
 Everything started here is killed at the end by process group (SIGTERM, then SIGKILL after a
 timeout: qcluster can hang on SIGTERM, DESIGN.md §6), whatever happened in between.
+
+Its stdlib-only helpers (free_port, wait_for, http_ok, children, descendants, spawn) are the copy
+shared with bench/chaos_stack.py and aiworker/tests/procs.py: bench scripts import this module
+as `stack` (their directory is on sys.path), tests as `bench.stack` (pytest runs from the root).
 """
 
 from __future__ import annotations
@@ -28,21 +32,27 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def wait_for(predicate: Callable[[], object], timeout: float, what: str, interval=0.1) -> object:
+def wait_for[T](predicate: Callable[[], T], timeout: float, what: str, interval: float = 0.1) -> T:
+    """Poll `predicate` until it returns something truthy, and return that.
+
+    Raises RuntimeError on timeout: bench/chaos.py catches it to record a scenario that did not
+    recover; in a test it fails the test like an assertion would.
+    """
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         value = predicate()
         if value:
             return value
         time.sleep(interval)
-    raise RuntimeError(f"timed out after {timeout:.0f}s waiting for {what}")
+    raise RuntimeError(f"timed out after {timeout:g}s waiting for {what}")
 
 
-def http_ok(url: str) -> bool:
+def http_ok(url: str, timeout: float = 1.0) -> bool:
+    """A GET answered 200 (not any 2xx: every endpoint polled here answers exactly 200)."""
     try:
-        with urllib.request.urlopen(url, timeout=1) as response:
+        with urllib.request.urlopen(url, timeout=timeout) as response:
             return response.status == 200
-    except OSError:
+    except OSError:  # refused, timed out, or an HTTPError (a subclass) for 4xx/5xx
         return False
 
 
@@ -56,14 +66,28 @@ def _stat_fields(pid: int) -> list[str] | None:
         return None
 
 
-def descendants(pid: int) -> list[int]:
-    """All descendants of a process, read from /proc."""
+def _children_by_parent() -> dict[int, list[int]]:
+    """parent pid -> child pids, from one pass over /proc (processes may exit meanwhile)."""
     parents: dict[int, list[int]] = {}
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
             fields = _stat_fields(int(entry.name))
             if fields:
                 parents.setdefault(int(fields[1]), []).append(int(entry.name))
+    return parents
+
+
+def children(pid: int) -> list[int]:
+    """Direct children of a process, read from /proc."""
+    return _children_by_parent().get(pid, [])
+
+
+def descendants(pid: int) -> list[int]:
+    """All descendants of a process (children, grandchildren, ...), read from /proc.
+
+    One snapshot of /proc for the whole tree, not one per level: the tree is consistent.
+    """
+    parents = _children_by_parent()
     found, todo = [], [pid]
     while todo:
         for child in parents.get(todo.pop(), []):
@@ -114,6 +138,26 @@ def cpu_seconds(pids: list[int]) -> float:
 # ----------------------------------------------------------------------------- processes
 
 
+def spawn(argv: list[str], env: dict[str, str], log_path: Path, header: str) -> subprocess.Popen:
+    """Start `argv` in the repo root, its output appended to `log_path` after a `=== header` line.
+
+    Its own session (process group), so that killpg also reaches the processes it forks; stdin
+    is /dev/null, so that no child can read the terminal's input.
+    """
+    with open(log_path, "ab") as log:  # the child keeps its own copy of the descriptor
+        log.write(f"\n=== {header}\n".encode())
+        log.flush()
+        return subprocess.Popen(
+            argv,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            cwd=ROOT,
+            start_new_session=True,
+        )
+
+
 class Procs:
     """Named processes sharing a log directory; `stop_all` kills every one of them."""
 
@@ -125,19 +169,8 @@ class Procs:
     def start(self, name: str, argv: list[str], env: dict[str, str]) -> subprocess.Popen:
         if name in self.procs:
             raise RuntimeError(f"{name} is already running")
-        log = open(self.log_dir / f"{name}.log", "ab")  # noqa: SIM115 - closed with the process
-        log.write(f"\n=== {time.strftime('%H:%M:%S')} {' '.join(argv)}\n".encode())
-        log.flush()
-        proc = subprocess.Popen(
-            argv,
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            cwd=ROOT,
-            start_new_session=True,
-        )
-        log.close()
+        header = f"{time.strftime('%H:%M:%S')} {' '.join(argv)}"
+        proc = spawn(argv, env, self.log_dir / f"{name}.log", header)
         self.procs[name] = proc
         return proc
 

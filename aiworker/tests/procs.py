@@ -1,48 +1,23 @@
-"""Start and stop the project's real processes (fake LLM, relay, qcluster) for tests."""
+"""Start and stop the project's real processes (fake LLM, relay, qcluster) for tests.
+
+The port, wait, /proc and spawn helpers are bench/stack.py's: one copy for bench and tests.
+"""
 
 import contextlib
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[2]
+from bench.stack import ROOT, descendants, free_port, http_ok, spawn, wait_for
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_for(predicate, timeout: float, what: str, interval: float = 0.05):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-
-
-def children(pid: int) -> list[int]:
-    """All descendants of a process, from /proc."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            if int(fields[1]) == pid:
-                child = int(entry.name)
-                found += [child, *children(child)]
-    return found
+# What the tests import from here (descendants and wait_for are re-exported from bench/stack.py).
+__all__ = ["Stack", "descendants", "http_json", "wait_for"]
 
 
 class Stack:
@@ -55,15 +30,9 @@ class Stack:
         log_dir.mkdir(parents=True, exist_ok=True)
 
     def start(self, name: str, *args: str) -> subprocess.Popen:
-        log = open(self.log_dir / f"{name}.log", "ab")  # noqa: SIM115 - closed with the process
-        proc = subprocess.Popen(
-            [sys.executable, str(ROOT / "manage.py"), *args],
-            env=self.env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            cwd=ROOT,
-            start_new_session=True,
-        )
+        argv = [sys.executable, str(ROOT / "manage.py"), *args]
+        header = f"{time.strftime('%H:%M:%S')} manage.py {' '.join(args)}"
+        proc = spawn(argv, self.env, self.log_dir / f"{name}.log", header)
         self.procs[name] = proc
         return proc
 
@@ -72,7 +41,7 @@ class Stack:
         extra = [a for k, v in flags.items() for a in (f"--{k.replace('_', '-')}", str(v))]
         self.start("fake_llm", "fake_llm", "--port", str(port), "--force", *extra)
         url = f"http://127.0.0.1:{port}/v1"
-        wait_for(lambda: _get_ok(f"{url}/models"), 15, "fake_llm to listen")
+        wait_for(lambda: http_ok(f"{url}/models"), 15, "fake_llm to listen")
         self.env.update(ANALYZER="openai", OPENAI_BASE_URL=url, OPENAI_API_KEY="test-key")
         return url
 
@@ -103,14 +72,6 @@ class Stack:
             except ProcessLookupError:
                 pass
             self.procs.pop(name)
-
-
-def _get_ok(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(url, timeout=1) as response:
-            return response.status == 200
-    except OSError:
-        return False
 
 
 def http_json(method: str, url: str, body: dict | None = None, token: str = "") -> tuple[int, dict]:

@@ -13,7 +13,7 @@ from rest_framework.authtoken.models import Token
 
 from aiworker.fake_llm import fake_stats
 from aiworker.models import AnalysisJob, DeadLetter, LlmCall
-from aiworker.tests.procs import Stack, children, http_json, wait_for
+from aiworker.tests.procs import Stack, descendants, http_json, wait_for
 from reviews.models import Restaurant, Review
 from reviews.services import review_create
 
@@ -79,7 +79,7 @@ def test_worker_killed_mid_call_still_ends_done_exactly_once(stack, restaurant):
     review = review_create(restaurant=restaurant, rating=5, text="Comida ótima, entrega rápida")
     wait_for(lambda: fake_stats(url)["calls"] >= 1, 20, "the provider call to start")
     # SIGKILL every process of the cluster while the worker waits on the provider.
-    for pid in children(cluster.pid):
+    for pid in descendants(cluster.pid):
         os.kill(pid, signal.SIGKILL)
     stack.kill("qcluster")
     stack.qcluster()
@@ -128,12 +128,12 @@ def test_watchdog_restarts_a_frozen_cluster_and_the_review_still_ends_done(stack
     # Wait for the supervised cluster, then freeze it as a worker killed holding the queue
     # lock would (every cluster process stopped; the supervisor itself keeps running).
     cluster_pids = wait_for(
-        lambda: [p for p in children(supervisor.pid) if p != supervisor.pid],
+        lambda: [p for p in descendants(supervisor.pid) if p != supervisor.pid],
         20,
         "qcluster to start",
     )
     time.sleep(2)
-    frozen = children(supervisor.pid)
+    frozen = descendants(supervisor.pid)
     for pid in frozen:
         os.kill(pid, signal.SIGSTOP)
     review = review_create(restaurant=restaurant, rating=5, text="Perfeito!")

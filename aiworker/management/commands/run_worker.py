@@ -1,11 +1,10 @@
 """Run qcluster under a watchdog (restart when stuck) that also enforces a stop timeout."""
 
-import signal
-
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 
 from aiworker.supervisor import Supervisor
+from outbox.shutdown import stop_on_signals
 
 
 class Command(BaseCommand):
@@ -25,18 +24,11 @@ class Command(BaseCommand):
     def handle(self, *args, stop_timeout: float, check_every: float, **options):
         if stop_timeout <= 0 or check_every <= 0:
             raise CommandError("--stop-timeout and --check-every must be positive")
-        stopping = False
-
-        def stop(signum, frame):
-            nonlocal stopping
-            stopping = True
-
-        signal.signal(signal.SIGTERM, stop)
-        signal.signal(signal.SIGINT, stop)
+        should_stop = stop_on_signals()
         self.stdout.write(
             f"supervising qcluster ({settings.Q_WORKERS} workers); restart when a task waits "
             f"{settings.READY_QUEUE_MAX_WAIT_S:.0f}s with no progress"
         )
         supervisor = Supervisor(stop_timeout=stop_timeout, check_every=check_every)
-        supervisor.run(lambda: stopping)
+        supervisor.run(should_stop)
         self.stdout.write(f"worker stopped ({supervisor.restarts} restarts)")

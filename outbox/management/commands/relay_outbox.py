@@ -2,13 +2,13 @@
 
 import logging
 import os
-import signal
 import socket
 
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 
 from outbox import relay
+from outbox.shutdown import stop_on_signals
 
 
 class Command(BaseCommand):
@@ -41,21 +41,14 @@ class Command(BaseCommand):
             self.stdout.write(f"handed off {total} events")
             return
 
-        stopping = False
-
-        def stop(signum, frame):
-            nonlocal stopping
-            stopping = True
-
-        signal.signal(signal.SIGTERM, stop)
-        signal.signal(signal.SIGINT, stop)
+        should_stop = stop_on_signals()
         self.stdout.write(
             f"relay running (batch {batch_size}, poll {poll_interval}s); Ctrl-C stops"
         )
         relay.run(
             batch_size=batch_size,
             poll_interval=poll_interval,
-            should_stop=lambda: stopping,
+            should_stop=should_stop,
             listen=not no_listen,
             heartbeat_name=f"relay:{socket.gethostname()}:{os.getpid()}",
         )
