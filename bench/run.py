@@ -582,12 +582,19 @@ class Bench:
         except OSError:
             return 0
 
-    def start_relay(self) -> None:
+    def start_relay(self, *, queue_max: int | None = None) -> None:
+        """The real relay command; `queue_max` overrides RELAY_QUEUE_MAX (0: no backpressure,
+        for measurements without a consumer)."""
         if self.procs.running("relay"):
             return
         args = ["relay_outbox", "-v", "0"]
-        self.note("relay", ["python", "manage.py", *args])
-        self.procs.manage("relay", self.env, *args)
+        env = self.env if queue_max is None else {**self.env, "RELAY_QUEUE_MAX": str(queue_max)}
+        prefix = [] if queue_max is None else [f"RELAY_QUEUE_MAX={queue_max}"]
+        self.note(
+            "relay" if queue_max is None else "relay (no consumer)",
+            [*prefix, "python", "manage.py", *args],
+        )
+        self.procs.manage("relay", env, *args)
 
     def start_qcluster(
         self,
@@ -1966,7 +1973,8 @@ class Bench:
         }
         md = (
             f"{n:,} unpublished `reviews.created` events are loaded before each measurement; "
-            "the relay's own `relay_once` (outbox/relay.py, batch 500) runs in a loop in a "
+            "the relay's own `relay_once` (outbox/relay.py, batch 500, no backpressure: nothing "
+            "consumes the queue) runs in a loop in a "
             "process that started Django before the clock (bench/relay_drive.py); two relays "
             "start at the same instant. The raw-SQL reference does the same claim → insert "
             "queue rows → mark published in one statement per batch of 500 "
@@ -1986,7 +1994,8 @@ class Bench:
             + f"\n\nOne relay reaches **{one / raw * 100:.0f} %** of the raw-SQL rate (target "
             f"≥ 50 %: {verdict(figures['targets']['one_relay_ge_50pct_raw'])}).\n\n"
             f"Commit → enqueued lag at a steady {p['lag_rate']} events/s for {p['lag_s']} s "
-            f"(one event per transaction with NOTIFY, the real `relay_outbox` command; lag = "
+            "(one event per transaction with NOTIFY, the real `relay_outbox` command with "
+            "`RELAY_QUEUE_MAX=0` since no qcluster consumes the queue here; lag = "
             "when the relay's transaction commit notified a listener − when the producer's "
             f"COMMIT returned): p50 {lag_d['p50']:.1f} ms, p99 **{lag_d['p99']:.1f} ms**, max "
             f"{lag_d['max']:.1f} ms over {lag_d['n']:,} events in {lag['batches']} relay "
@@ -2097,7 +2106,8 @@ class Bench:
             fetch=False,
         )
         try:
-            self.start_relay()
+            # No qcluster runs here: without a consumer, backpressure would hold the relay.
+            self.start_relay(queue_max=0)
             time.sleep(2.0)  # Django up, LISTEN connected
             out = LOGS / "relay-lag.json"
             argv = [

@@ -59,12 +59,18 @@ SELECT id::text, topic, key FROM handed ORDER BY available_at
 """
 
 
+# How many queue rows (waiting or being worked on) there are, counting no further than the
+# limit: the relay's backpressure (relay_once).
+QUEUE_DEPTH_SQL = "SELECT count(*) FROM (SELECT 1 FROM django_q_ormq WHERE key = %s LIMIT %s) q"
+
+
 @dataclass(frozen=True)
 class HandOff:
     events: int
     tasks: int
     unrouted: int
     seconds: float
+    held: bool = False  # the queue was full: nothing claimed
 
 
 class TaskPacker:
@@ -126,12 +132,23 @@ class _TaskPickler(pickle.Pickler):
     dispatch_table[dt.timezone] = lambda tz: (dt.timezone, (tz.utcoffset(None),))
 
 
-def relay_once(*, batch_size: int) -> HandOff:
-    """Hand off at most one batch. Returns what was done (events == 0: nothing to do)."""
+def relay_once(*, batch_size: int, queue_max: int | None = None) -> HandOff:
+    """Hand off at most one batch. Returns what was done (events == 0: nothing to do).
+
+    While the queue holds `queue_max` tasks (RELAY_QUEUE_MAX; 0: no limit) nothing is
+    claimed: when the workers fall behind, new events wait in the outbox, where the next
+    claim groups a restaurant's events into one task, instead of waiting in the queue as one
+    task each (a task costs the cluster several ms of CPU however little it does).
+    """
     started = time.perf_counter()
     queue_key = get_broker().list_key or Conf.CLUSTER_NAME
+    queue_max = settings.RELAY_QUEUE_MAX if queue_max is None else queue_max
     with transaction.atomic():
         with connection.cursor() as cursor:
+            if queue_max:
+                cursor.execute(QUEUE_DEPTH_SQL, [queue_key, queue_max])
+                if cursor.fetchone()[0] >= queue_max:
+                    return HandOff(0, 0, 0, time.perf_counter() - started, held=True)
             cursor.execute(CLAIM_SQL, [batch_size])
             claimed = cursor.fetchall()
         if not claimed:
@@ -340,6 +357,11 @@ def run(
                 continue
             if result.events == batch_size:
                 continue  # a full batch: there is probably more
+            if result.held:
+                # Look again soon rather than at the next NOTIFY: the workers free room
+                # without notifying, and new events alone would not be worth a look each.
+                select.select([wake_r], [], [], settings.RELAY_HOLD_RECHECK_S)
+                continue
             if listen:
                 listener.wait(poll_interval)
             else:

@@ -204,6 +204,11 @@ ALERT_WEBHOOK_TIMEOUT_S = env_float("ALERT_WEBHOOK_TIMEOUT_S", 5.0)
 # The timeout's last 10 s are slack: a task holding several events starts no new one after
 # 5 s (aiworker.tasks.NEXT_EVENT_WITHIN_S), so its last event also ends before the timeout.
 Q_WORKERS = env_int("Q_WORKERS", 16)
+# Relay backpressure: it claims nothing while the queue holds this many tasks (0: no limit),
+# so a backlog waits in the outbox and is handed off a restaurant's events per task. Enough
+# to keep every worker busy meanwhile; rechecked every RELAY_HOLD_RECHECK_S.
+RELAY_QUEUE_MAX = env_int("RELAY_QUEUE_MAX", 4 * Q_WORKERS)
+RELAY_HOLD_RECHECK_S = env_float("RELAY_HOLD_RECHECK_S", 0.05)
 Q_QUEUE_LIMIT = 2
 Q_TIMEOUT_S = int(LLM_TIMEOUT_S * (LLM_SDK_MAX_RETRIES + 1) + LLM_BATCH_WAIT_MS / 1000 + 10)
 Q_RETRY_S = (Q_TIMEOUT_S + 3) * (1 + math.ceil((Q_QUEUE_LIMIT + 1) / Q_WORKERS)) + 10

@@ -76,6 +76,12 @@ def relay_cmd(*args: str) -> list[str]:
     return [sys.executable, str(ROOT / "manage.py"), "relay_outbox", *args]
 
 
+def without_consumer(env: dict) -> dict:
+    # No qcluster consumes the queue in these tests: backpressure off, so the relays hand off
+    # everything and the test can count it.
+    return {**env, "RELAY_QUEUE_MAX": "0"}
+
+
 @pytest.mark.django_db(transaction=True)
 def test_relay_once_hands_off_each_event_once_with_its_route():
     ids = publish(3)
@@ -160,6 +166,55 @@ def test_event_scheduled_for_later_waits():
     assert relay.relay_once(batch_size=10).events == 0
 
 
+@pytest.mark.django_db(transaction=True)
+@override_settings(RELAY_TASK_EVENTS=10)
+def test_a_full_queue_holds_events_in_the_outbox_where_a_key_shares_tasks():
+    with transaction.atomic():
+        for i in range(3):
+            event_publish(topic="reviews.created", key=f"restaurant:{i}", payload={})
+    assert relay.relay_once(batch_size=100, queue_max=3).tasks == 3
+    with transaction.atomic():
+        later = [
+            event_publish(topic="reviews.created", key="restaurant:9", payload={"n": i}).pk
+            for i in range(12)
+        ]
+    held = relay.relay_once(batch_size=100, queue_max=3)
+    assert held.held and held.events == 0
+    assert OutboxEvent.objects.filter(pk__in=later, published_at__isnull=True).count() == 12
+    OrmQ.objects.all().delete()  # the workers took the three tasks
+    result = relay.relay_once(batch_size=100, queue_max=3)
+    assert (result.held, result.events, result.tasks) == (False, 12, 2)  # not 12 tasks
+    assert relay.relay_once(batch_size=100, queue_max=0).events == 0  # 0: no limit, none left
+    assert tasks_per_event() == Counter({str(pk): 1 for pk in later})
+    assert not OutboxEvent.objects.exclude(handoffs=1).exists()
+
+
+@pytest.mark.slow
+def test_a_held_relay_looks_again_soon_without_a_notify(proc_env):
+    proc = subprocess.Popen(
+        relay_cmd("--poll-interval", "30"),
+        env={**proc_env, "RELAY_QUEUE_MAX": "1"},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        time.sleep(2)  # let it start and LISTEN
+        [first] = publish(1)
+        wait_until(lambda: OrmQ.objects.exists(), 5)
+        [second] = publish(1)  # NOTIFY, but the queue is full
+        time.sleep(1)
+        assert OutboxEvent.objects.get(pk=second).published_at is None
+        OrmQ.objects.all().delete()  # a worker took the task: no NOTIFY for that
+        lag = wait_until(
+            lambda: OutboxEvent.objects.filter(pk=second, published_at__isnull=False).exists(), 5
+        )
+        assert lag < 1, f"held relay should look again within RELAY_HOLD_RECHECK_S, took {lag:.2f}s"
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=10) == 0
+    assert OutboxEvent.objects.get(pk=first).handoffs == 1
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("relays", [2, 4])
 def test_parallel_relays_hand_off_5000_events_exactly_once(proc_env, relays):
@@ -171,7 +226,7 @@ def test_parallel_relays_hand_off_5000_events_exactly_once(proc_env, relays):
         procs = [
             subprocess.Popen(
                 relay_cmd("--once", "--batch-size", "100"),
-                env=proc_env,
+                env=without_consumer(proc_env),
                 stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE,
                 text=True,
@@ -218,7 +273,7 @@ def test_relay_killed_repeatedly_loses_and_duplicates_nothing(proc_env):
         while kills < 20:
             proc = subprocess.Popen(
                 relay_cmd("--batch-size", "50", "--poll-interval", "0.1"),
-                env=proc_env,
+                env=without_consumer(proc_env),
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.DEVNULL,
             )
@@ -229,7 +284,9 @@ def test_relay_killed_repeatedly_loses_and_duplicates_nothing(proc_env):
     finally:
         stop.set()
         producer.join()
-    subprocess.run(relay_cmd("--once"), env=proc_env, check=True, capture_output=True)
+    subprocess.run(
+        relay_cmd("--once"), env=without_consumer(proc_env), check=True, capture_output=True
+    )
     assert kills == 20 and len(produced) > 100
     assert_exactly_once(len(produced))
 
