@@ -173,6 +173,7 @@ class Bench:
         self.ports = {name: free_port() for name in ("fake", "web", "web_sync", "web_sync_dflt")}
         self.fake_url = f"http://127.0.0.1:{self.ports['fake']}/v1"
         self.q_workers = args.q_workers
+        self.relay_queue_max = args.relay_queue_max
         self.env = self._env()
         self.results: dict = {}
         self.commands: dict[str, str] = {}
@@ -207,6 +208,11 @@ class Bench:
             REVIEWS_ANALYSIS_MODE="async",
             LLM_BATCH_SIZE="10",
             Q_WORKERS=str(self.q_workers),
+            **(
+                {}
+                if self.relay_queue_max is None
+                else {"RELAY_QUEUE_MAX": str(self.relay_queue_max)}
+            ),
             LOG_LEVEL="WARNING",
             PYTHONUNBUFFERED="1",
             PYTHONPATH=str(ROOT),
@@ -1525,7 +1531,9 @@ class Bench:
             )
         md = (
             f"{p['rate']} reviews/s for {p['run_s']} s through the API (open loop), "
-            f"Q_WORKERS={self.q_workers}, LLM_BATCH_SIZE=10, LLM_BATCH_WAIT_MS=200. Stage times "
+            f"Q_WORKERS={self.q_workers}, LLM_BATCH_SIZE=10, LLM_BATCH_WAIT_MS=200, "
+            f"RELAY_QUEUE_MAX={self.env.get('RELAY_QUEUE_MAX', f'{4 * self.q_workers} (default)')}. "
+            "Stage times "
             "come from the database (LlmCall row written "
             + figures[str(p["latencies"][0])]["ledger_row"]
             + "): outbox wait = hand-off (the review's event published_at, or the batch "
@@ -2557,6 +2565,11 @@ def main() -> int:
     parser.add_argument("--only", help="comma-separated scenarios: " + ", ".join(SCENARIOS))
     parser.add_argument("--out", help="directory for BENCHMARKS*.md and .json")
     parser.add_argument("--q-workers", type=int, default=Q_WORKERS)
+    parser.add_argument(
+        "--relay-queue-max",
+        type=int,
+        help="RELAY_QUEUE_MAX for the stack (default: the app's, 4 × Q_WORKERS; 0: off)",
+    )
     parser.add_argument(
         "--report-only",
         action="store_true",
