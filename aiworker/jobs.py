@@ -28,6 +28,7 @@ from aiworker.analysis import (
 from aiworker.ledger import (
     Denied,
     admission_check,
+    breaker_closed,
     breaker_open_until,
     call_begin,
     call_finish,
@@ -112,7 +113,11 @@ def event_analyze(*, event_id: str) -> str:
     if wait > 0:
         time.sleep(wait)
 
-    limit = 1 if job is not None and job.solo else settings.LLM_BATCH_SIZE
+    # A breaker that is not closed lets one probe call through: it carries only this review.
+    # A provider still down then costs one review one call, and the next probe (another
+    # event's) carries another review, not the same batch again and again.
+    solo = (job is not None and job.solo) or not breaker_closed()
+    limit = 1 if solo else settings.LLM_BATCH_SIZE
     claimed = reviews_claim_for_analysis(
         review_id=review_id,
         revision=revision,

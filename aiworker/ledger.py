@@ -92,6 +92,13 @@ def admission_check() -> Denied | None:
     return _budget_check(now)
 
 
+def breaker_closed() -> bool:
+    """A lock-free look: is the breaker closed (calls go through without a probe)?"""
+    return (
+        not Breaker.objects.filter(name=BREAKER_NAME).exclude(state=Breaker.State.CLOSED).exists()
+    )
+
+
 def breaker_open_until() -> datetime:
     breaker = Breaker.objects.filter(name=BREAKER_NAME).first()
     return (breaker and breaker.open_until) or timezone.now() + PROBE_WAIT

@@ -123,6 +123,27 @@ def test_breaker_opens_after_failures_probes_after_cooldown_and_closes(
     assert not DeadLetter.objects.exists()
 
 
+def test_a_probe_call_carries_only_its_own_review(llm, restaurant, settings):
+    settings.LLM_BREAKER_COOLDOWN_S = 1.0
+    for i in range(4):
+        review_create(restaurant=restaurant, rating=4, text=f"Pedido {i}: bom")
+    # Cool-down over: the next call is the probe.
+    Breaker.objects.create(
+        name="llm", state="open", open_until=timezone.now() - timedelta(seconds=1), reason="t"
+    )
+    llm.control(status=503)
+    drain(until=lambda: LlmCall.objects.exists() and Breaker.objects.get().state == "open")
+    assert list(LlmCall.objects.values_list("batch_size", flat=True)) == [1]
+    llm.control(clear=True)
+    time.sleep(1.1)
+    drain(timeout=60)
+    assert Breaker.objects.get().state == "closed"
+    assert Review.objects.filter(analysis_status="done").count() == 4
+    probes = LlmCall.objects.order_by("created_at")[:2]
+    assert [c.batch_size for c in probes] == [1, 1]  # the failed probe and the one that closed it
+    assert sum(LlmCall.objects.values_list("batch_size", flat=True)) >= 4
+
+
 def test_401_opens_the_breaker_at_once_logs_loudly_and_fails_nothing(
     llm, restaurant, settings, caplog, staff
 ):

@@ -120,6 +120,14 @@ def test_eight_slow_tasks_with_two_workers_none_runs_twice(stack, owner):
     )
 
 
+def _settled_descendants(pid: int) -> list[int] | None:
+    """The process's descendants once the same set has stood for a second (None before)."""
+    before = set(descendants(pid))
+    time.sleep(1.0)
+    after = set(descendants(pid))
+    return sorted(after) if after and after == before else None
+
+
 def test_watchdog_restarts_a_frozen_cluster_and_the_review_still_ends_done(stack, restaurant):
     stack.fake_llm()
     stack.env.update(READY_QUEUE_MAX_WAIT_S="3")
@@ -127,13 +135,9 @@ def test_watchdog_restarts_a_frozen_cluster_and_the_review_still_ends_done(stack
     supervisor = stack.start("run_worker", "run_worker", "--check-every", "1")
     # Wait for the supervised cluster, then freeze it as a worker killed holding the queue
     # lock would (every cluster process stopped; the supervisor itself keeps running).
-    cluster_pids = wait_for(
-        lambda: [p for p in descendants(supervisor.pid) if p != supervisor.pid],
-        20,
-        "qcluster to start",
-    )
-    time.sleep(2)
-    frozen = descendants(supervisor.pid)
+    # Freeze only once the cluster has forked all its processes: on a busy machine a worker
+    # forked after the snapshot would run the task and no restart would be needed.
+    frozen = wait_for(lambda: _settled_descendants(supervisor.pid), 40, "qcluster to start")
     for pid in frozen:
         os.kill(pid, signal.SIGSTOP)
     review = review_create(restaurant=restaurant, rating=5, text="Perfeito!")
@@ -143,7 +147,7 @@ def test_watchdog_restarts_a_frozen_cluster_and_the_review_still_ends_done(stack
         "the restarted cluster to analyse the review",
     )
     assert "restarting qcluster" in stack.log("run_worker")
-    assert cluster_pids and not any(
+    assert frozen and not any(
         os.path.exists(f"/proc/{pid}") and _state(pid) != "Z" for pid in frozen
     )
     stack.kill("run_worker", signal.SIGTERM)
