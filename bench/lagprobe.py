@@ -1,7 +1,7 @@
 """Commit-to-enqueued lag of the running relay at a steady event rate (issue 3).
 
 A producer thread commits one outbox event per transaction at a fixed rate, the way
-`event_publish` does (INSERT + pg_notify, delivered at commit), and notes when each COMMIT
+`event_publish` does (INSERT, whose trigger NOTIFYs at commit), and notes when each COMMIT
 returned. A statement-level trigger that bench/run.py installs for the measurement only
 (`bench_handoff`) records, inside the relay's own transaction, which events it marked
 published, and NOTIFYs `bench_handoff` with the transaction id: Postgres delivers that when
@@ -46,7 +46,6 @@ def produce(dsn: str, rate: float, duration: float, commits: dict, stop: threadi
                     " 0, '[]', NULL, '')",
                     [event_id, f"lag:{i}", Jsonb({"review_id": 0, "revision": 1, "lag": i})],
                 )
-                conn.execute("SELECT pg_notify('outbox', '')")
             commits[str(event_id)] = time.perf_counter()
     finally:
         conn.close()

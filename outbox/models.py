@@ -6,6 +6,9 @@ from django.db import models
 from django.db.models import Q
 from django.utils import timezone
 
+# LISTEN/NOTIFY channel that wakes relays; migration 0003's INSERT trigger notifies it.
+NOTIFY_CHANNEL = "outbox"
+
 
 class OutboxEvent(models.Model):
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)

@@ -35,7 +35,7 @@ from django_q.brokers import get_broker
 from django_q.conf import Conf
 from django_q.models import OrmQ
 
-from outbox.models import Heartbeat, OutboxEvent
+from outbox.models import NOTIFY_CHANNEL, Heartbeat, OutboxEvent
 from outbox.routes import routes_for
 from outbox.services import heartbeat_beat
 
@@ -331,7 +331,7 @@ def run(
     wake_r, wake_w = os.pipe()
     os.set_blocking(wake_w, False)
     previous_fd = signal.set_wakeup_fd(wake_w)
-    listener = Listener(settings.OUTBOX_NOTIFY_CHANNEL, wakeup_fd=wake_r)
+    listener = Listener(NOTIFY_CHANNEL, wakeup_fd=wake_r)
     last_beat = 0.0
     last_housekeeping = 0.0
     failures = 0

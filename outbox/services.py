@@ -4,13 +4,12 @@
 from collections import defaultdict
 from datetime import datetime
 
-from django.conf import settings
 from django.db import connection, transaction
 from django.db.models import Value
 from django.db.models.functions import Coalesce
 from django.utils import timezone
 
-from outbox.models import Heartbeat, OutboxEvent
+from outbox.models import NOTIFY_CHANNEL, Heartbeat, OutboxEvent
 from outbox.routes import routes_for
 
 
@@ -19,14 +18,17 @@ def _require_transaction() -> None:
         raise RuntimeError("outbox writes must run inside the caller's transaction.atomic()")
 
 
+def _wake_relays() -> None:
+    """Events made available again by an UPDATE (new ones notify through their INSERT)."""
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_notify(%s, '')", [NOTIFY_CHANNEL])
+
+
 def event_publish(*, topic: str, key: str, payload: dict) -> OutboxEvent:
     """Record an event; it becomes visible to the relay only when the caller commits."""
     _require_transaction()
-    event = OutboxEvent.objects.create(topic=topic, key=key, payload=payload)
-    # NOTIFY is transactional: Postgres delivers it at commit, never for a rollback.
-    with connection.cursor() as cursor:
-        cursor.execute("SELECT pg_notify(%s, '')", [settings.OUTBOX_NOTIFY_CHANNEL])
-    return event
+    # The table's INSERT trigger sends the NOTIFY that Postgres delivers at commit.
+    return OutboxEvent.objects.create(topic=topic, key=key, payload=payload)
 
 
 def event_lock(*, event_id: str) -> OutboxEvent | None:
@@ -84,8 +86,7 @@ def event_retry_at(*, event: OutboxEvent, when: datetime, parked_reason: str = "
     event.parked_reason = parked_reason
     event.save(update_fields=["published_at", "available_at", "parked_reason"])
     if when <= timezone.now():
-        with connection.cursor() as cursor:
-            cursor.execute("SELECT pg_notify(%s, '')", [settings.OUTBOX_NOTIFY_CHANNEL])
+        _wake_relays()
 
 
 def events_hand_back(*, event_ids: list[str]) -> int:
@@ -95,8 +96,7 @@ def events_hand_back(*, event_ids: list[str]) -> int:
             pk__in=event_ids, published_at__isnull=False, finished_at__isnull=True
         ).update(published_at=None, available_at=timezone.now())
         if count:
-            with connection.cursor() as cursor:
-                cursor.execute("SELECT pg_notify(%s, '')", [settings.OUTBOX_NOTIFY_CHANNEL])
+            _wake_relays()
     return count
 
 
@@ -111,8 +111,7 @@ def events_unpark(*, reason_prefix: str = "") -> int:
             .update(available_at=timezone.now(), parked_reason="")
         )
         if count:
-            with connection.cursor() as cursor:
-                cursor.execute("SELECT pg_notify(%s, '')", [settings.OUTBOX_NOTIFY_CHANNEL])
+            _wake_relays()
     return count
 
 

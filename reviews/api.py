@@ -75,7 +75,8 @@ class ReviewListCreateApi(APIView):
     throttle_scope = "review_submit"
 
     class Input(serializers.Serializer):
-        restaurant = serializers.PrimaryKeyRelatedField(queryset=Restaurant.objects.all())
+        # Checked by the INSERT's foreign key, not a SELECT here (review_create).
+        restaurant = serializers.IntegerField(min_value=1)
         rating = serializers.IntegerField(min_value=1, max_value=5)
         text = serializers.CharField(max_length=settings.REVIEW_TEXT_MAX_CHARS, allow_blank=False)
         author_name = serializers.CharField(
@@ -94,7 +95,19 @@ class ReviewListCreateApi(APIView):
     def post(self, request):
         serializer = self.Input(data=request.data)
         serializer.is_valid(raise_exception=True)
-        review = review_create(**serializer.validated_data, submitted_by=request.user)
+        data = serializer.validated_data
+        try:
+            review = review_create(
+                restaurant_id=data["restaurant"],
+                rating=data["rating"],
+                text=data["text"],
+                author_name=data["author_name"],
+                submitted_by=request.user,
+            )
+        except Restaurant.DoesNotExist:
+            raise serializers.ValidationError(
+                {"restaurant": [f'Invalid pk "{data["restaurant"]}" - object does not exist.']}
+            ) from None
         return Response(
             {"id": review.pk, "status": "received", "analysis_status": review.analysis_status},
             status=status.HTTP_202_ACCEPTED,

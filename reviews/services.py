@@ -6,7 +6,7 @@ from datetime import datetime, timedelta
 
 from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser
-from django.db import connection, transaction
+from django.db import IntegrityError, connection, transaction
 from django.db.models import F, Q
 from django.utils import timezone
 
@@ -38,22 +38,33 @@ def _publish(review: Review, topic: str) -> None:
 
 def review_create(
     *,
-    restaurant: Restaurant,
+    restaurant_id: int,
     rating: int,
     text: str,
     author_name: str = "",
     submitted_by: AbstractBaseUser | None = None,
 ) -> Review:
-    """Save a review and its `reviews.created` event in one transaction."""
-    with transaction.atomic():
-        review = Review.objects.create(
-            restaurant=restaurant,
-            rating=rating,
-            text=text,
-            author_name=author_name,
-            submitted_by=submitted_by if submitted_by and submitted_by.is_authenticated else None,
-        )
-        _publish(review, "reviews.created")
+    """Save a review and its `reviews.created` event in one transaction.
+
+    Raises Restaurant.DoesNotExist, and writes nothing, for an unknown restaurant: the
+    INSERT's foreign key checks it (immediately, migration 0003), saving a SELECT per review.
+    """
+    try:
+        with transaction.atomic():
+            review = Review.objects.create(
+                restaurant_id=restaurant_id,
+                rating=rating,
+                text=text,
+                author_name=author_name,
+                submitted_by=submitted_by
+                if submitted_by and submitted_by.is_authenticated
+                else None,
+            )
+            _publish(review, "reviews.created")
+    except IntegrityError:
+        if not Restaurant.objects.filter(pk=restaurant_id).exists():
+            raise Restaurant.DoesNotExist(f"no restaurant {restaurant_id}") from None
+        raise
     return review
 
 

@@ -224,7 +224,7 @@ def review_form(request: HttpRequest, restaurant_id: int) -> HttpResponse:
     restaurant = get_object_or_404(Restaurant, pk=restaurant_id)
     form = PublicReviewForm(request.POST if request.method == "POST" else None)
     if form.is_valid():
-        services.review_create(restaurant=restaurant, **form.cleaned_data)
+        services.review_create(restaurant_id=restaurant.pk, **form.cleaned_data)
         # Redirect after POST: a reload of the thank-you page cannot submit twice.
         return redirect("review-thanks", restaurant.pk)
     return render(request, "reviews/public_form.html", {"restaurant": restaurant, "form": form})

@@ -140,7 +140,6 @@ OUTBOX_ROUTES = {
     "reviews.reply_requested": ["aiworker.tasks.analyze_event"],
     "reviews.critical_alert": ["aiworker.tasks.notify_event"],
 }
-OUTBOX_NOTIFY_CHANNEL = "outbox"
 RELAY_BATCH_SIZE = env_int("RELAY_BATCH_SIZE", 500)
 # Events of one key in a claimed batch share a task, up to this many (one LLM batch's worth):
 # a task costs the queue several ms of CPU however little it does (docs/BENCHMARKS.md).

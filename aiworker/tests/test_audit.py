@@ -31,7 +31,7 @@ def kinds(report) -> set[str]:
 
 
 def create(restaurant, text="Comida boa, entrega rápida.", rating=5) -> Review:
-    return review_create(restaurant=restaurant, rating=rating, text=text)
+    return review_create(restaurant_id=restaurant.pk, rating=rating, text=text)
 
 
 def event_of(review) -> OutboxEvent:

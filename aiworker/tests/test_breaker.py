@@ -40,7 +40,9 @@ def test_runaway_producer_cannot_spend_more_than_the_budget(llm, restaurant, set
     settings.LLM_BUDGET_REQUESTS_PER_HOUR = 20
     total = 5000
     for i in range(total):
-        review_create(restaurant=restaurant, rating=4, text=f"Pedido {i}: bom, chegou no horário.")
+        review_create(
+            restaurant_id=restaurant.pk, rating=4, text=f"Pedido {i}: bom, chegou no horário."
+        )
     drain(
         timeout=300,
         until=lambda: not OutboxEvent.objects.filter(
@@ -71,7 +73,9 @@ def test_runaway_producer_cannot_spend_more_than_the_budget(llm, restaurant, set
 
 def test_food_safety_alert_does_not_wait_for_the_budget(llm, restaurant, settings):
     settings.LLM_BUDGET_REQUESTS_PER_HOUR = 0
-    review = review_create(restaurant=restaurant, rating=1, text="Tinha uma barata na marmita!")
+    review = review_create(
+        restaurant_id=restaurant.pk, rating=1, text="Tinha uma barata na marmita!"
+    )
     drain(
         until=lambda: parked() == 1
         and OutboxEvent.objects.filter(
@@ -98,7 +102,7 @@ def test_breaker_opens_after_failures_probes_after_cooldown_and_closes(
     restaurants = [Restaurant.objects.create(name=f"R{i}", owner=owner) for i in range(6)]
     llm.control(status=503)
     for r in restaurants:
-        review_create(restaurant=r, rating=5, text="Muito bom")
+        review_create(restaurant_id=r.pk, rating=5, text="Muito bom")
     drain(until=lambda: Breaker.objects.filter(state="open").exists())
     breaker = Breaker.objects.get()
     assert breaker.consecutive_failures == 3 and "503" in breaker.reason
@@ -126,7 +130,7 @@ def test_breaker_opens_after_failures_probes_after_cooldown_and_closes(
 def test_a_probe_call_carries_only_its_own_review(llm, restaurant, settings):
     settings.LLM_BREAKER_COOLDOWN_S = 1.0
     for i in range(4):
-        review_create(restaurant=restaurant, rating=4, text=f"Pedido {i}: bom")
+        review_create(restaurant_id=restaurant.pk, rating=4, text=f"Pedido {i}: bom")
     # Cool-down over: the next call is the probe.
     Breaker.objects.create(
         name="llm", state="open", open_until=timezone.now() - timedelta(seconds=1), reason="t"
@@ -148,7 +152,7 @@ def test_401_opens_the_breaker_at_once_logs_loudly_and_fails_nothing(
     llm, restaurant, settings, caplog, staff
 ):
     llm.control(status=401)
-    review = review_create(restaurant=restaurant, rating=2, text="Demorou muito")
+    review = review_create(restaurant_id=restaurant.pk, rating=2, text="Demorou muito")
     with caplog.at_level(logging.ERROR, logger="aiworker"):
         drain(until=lambda: parked() == 1)
     breaker = Breaker.objects.get()
@@ -171,7 +175,7 @@ def test_401_opens_the_breaker_at_once_logs_loudly_and_fails_nothing(
 def test_offline_fallback_is_provisional_and_replaced_by_the_llm(llm, restaurant, settings, staff):
     settings.LLM_FALLBACK_LOCAL = True
     settings.LLM_BUDGET_REQUESTS_PER_HOUR = 0
-    review = review_create(restaurant=restaurant, rating=5, text="Excelente, tudo perfeito!")
+    review = review_create(restaurant_id=restaurant.pk, rating=5, text="Excelente, tudo perfeito!")
     drain(until=lambda: parked() == 1)
     review.refresh_from_db()
     assert (review.analysis_status, review.analysis_provisional, review.analysis_model) == (

@@ -34,10 +34,10 @@ def test_metrics_parse_and_match_the_database_after_a_scripted_run(
 ):
     settings.LLM_MAX_ATTEMPTS = 1
     for i in range(5):
-        review_create(restaurant=restaurant, rating=5, text=f"Ótimo #{i}")
+        review_create(restaurant_id=restaurant.pk, rating=5, text=f"Ótimo #{i}")
     drain()
     llm.control(status=500)
-    bad = review_create(restaurant=restaurant, rating=2, text="Demorou demais")
+    bad = review_create(restaurant_id=restaurant.pk, rating=2, text="Demorou demais")
     drain()
     values, families = scrape(client)
     assert values["reviews_by_analysis_status"][(("status", "done"),)] == 5
@@ -92,7 +92,7 @@ def test_readyz_follows_relay_and_worker_heartbeats(
         settings.READY_QUEUE_MAX_WAIT_S = 1
         cluster = stack.procs["qcluster"]
         os.killpg(cluster.pid, signal.SIGSTOP)
-        review_create(restaurant=restaurant, rating=4, text="Bom")
+        review_create(restaurant_id=restaurant.pk, rating=4, text="Bom")
         wait_for(
             lambda: client.get("/readyz").json()["checks"]["worker"] != "ok",
             20,
@@ -132,7 +132,7 @@ def test_database_outage_is_a_503_with_a_clear_body_not_a_stack_trace():
 
 @pytest.mark.django_db
 def test_dashboard_is_staff_only_and_draws_the_last_hour(client, owner, staff, restaurant):
-    review_create(restaurant=restaurant, rating=4, text="Bom")
+    review_create(restaurant_id=restaurant.pk, rating=4, text="Bom")
     sample_record()
     sample_record()
     client.force_login(owner)

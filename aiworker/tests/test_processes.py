@@ -76,7 +76,9 @@ def test_worker_killed_mid_call_still_ends_done_exactly_once(stack, restaurant):
     stack.env["DELIVERY_DEADLINE_S"] = "3"
     stack.relay()
     cluster = stack.qcluster()
-    review = review_create(restaurant=restaurant, rating=5, text="Comida ótima, entrega rápida")
+    review = review_create(
+        restaurant_id=restaurant.pk, rating=5, text="Comida ótima, entrega rápida"
+    )
     wait_for(lambda: fake_stats(url)["calls"] >= 1, 20, "the provider call to start")
     # SIGKILL every process of the cluster while the worker waits on the provider.
     for pid in descendants(cluster.pid):
@@ -102,7 +104,7 @@ def test_eight_slow_tasks_with_two_workers_none_runs_twice(stack, owner):
     # Eight restaurants: no batching, so eight slow tasks compete for two workers.
     reviews = [
         review_create(
-            restaurant=Restaurant.objects.create(name=f"R{i}", owner=owner),
+            restaurant_id=Restaurant.objects.create(name=f"R{i}", owner=owner).pk,
             rating=4,
             text=f"Bom #{i}",
         )
@@ -140,7 +142,7 @@ def test_watchdog_restarts_a_frozen_cluster_and_the_review_still_ends_done(stack
     frozen = wait_for(lambda: _settled_descendants(supervisor.pid), 40, "qcluster to start")
     for pid in frozen:
         os.kill(pid, signal.SIGSTOP)
-    review = review_create(restaurant=restaurant, rating=5, text="Perfeito!")
+    review = review_create(restaurant_id=restaurant.pk, rating=5, text="Perfeito!")
     wait_for(
         lambda: Review.objects.filter(pk=review.pk, analysis_status="done").exists(),
         60,

@@ -21,7 +21,7 @@ pytestmark = pytest.mark.django_db(transaction=True)
 def fail_one(llm, restaurant, settings, text="Pedido frio") -> Review:
     settings.LLM_MAX_ATTEMPTS = 1
     llm.control(status=500)
-    review = review_create(restaurant=restaurant, rating=2, text=text)
+    review = review_create(restaurant_id=restaurant.pk, rating=2, text=text)
     drain()
     llm.control(clear=True)
     return review
@@ -102,7 +102,7 @@ def test_raising_the_budget_in_the_admin_resumes_parked_events_at_once(
     client, staff, llm, restaurant, settings
 ):
     settings.LLM_BUDGET_REQUESTS_PER_HOUR = 0
-    review = review_create(restaurant=restaurant, rating=4, text="Bom")
+    review = review_create(restaurant_id=restaurant.pk, rating=4, text="Bom")
     drain(until=lambda: OutboxEvent.objects.exclude(parked_reason="").exists())
     client.force_login(staff)
     response = client.post(
@@ -124,7 +124,7 @@ def test_raising_the_budget_in_the_admin_resumes_parked_events_at_once(
 
 def test_model_output_with_markup_is_escaped_on_the_owners_page(client, llm, restaurant, owner):
     llm.control(mode="xss")
-    review_create(restaurant=restaurant, rating=3, text="Ok")
+    review_create(restaurant_id=restaurant.pk, rating=3, text="Ok")
     drain()
     review = Review.objects.get()
     assert "<script>" in review.reply_draft  # stored as data...

@@ -60,7 +60,7 @@ def make_review():
         analysed: dict | None = None,
     ) -> Review:
         review = review_create(
-            restaurant=restaurant, rating=rating, text=text, author_name=author_name
+            restaurant_id=restaurant.pk, rating=rating, text=text, author_name=author_name
         )
         if analysed is not None:
             review = analyse(review, **analysed)

@@ -188,13 +188,28 @@ def test_schema_is_served(api):
 
 
 @pytest.mark.django_db
-def test_post_is_two_inserts_and_a_notify(api, restaurant):
+def test_post_is_the_token_lookup_and_two_inserts(api, restaurant, settings):
+    settings.API_REVIEW_RATE = "off"  # the rate limit's cache queries are tested below
+    # The restaurant is checked by the INSERT's foreign key and the relay woken by the outbox
+    # table's trigger (outbox/tests/test_notify.py): no other round trip per review.
     with CaptureQueriesContext(connection) as ctx:
         api.post(URL, {"restaurant": restaurant.pk, "rating": 3, "text": "ok"}, format="json")
-    sql = " ".join(q["sql"] for q in ctx.captured_queries)
-    assert sql.count('INSERT INTO "reviews_review"') == 1
-    assert sql.count('INSERT INTO "outbox_outboxevent"') == 1
-    assert "pg_notify" in sql
+    sql = [
+        q["sql"] for q in ctx.captured_queries if not q["sql"].startswith(("SAVEPOINT", "RELEASE"))
+    ]
+    assert len(sql) == 3, [q[:60] for q in sql]
+    assert 'FROM "authtoken_token"' in sql[0]
+    assert sql[1].startswith('INSERT INTO "reviews_review"')
+    assert sql[2].startswith('INSERT INTO "outbox_outboxevent"')
+
+
+@pytest.mark.django_db(transaction=True)
+def test_unknown_restaurant_is_400_outside_a_test_transaction_too(api, restaurant):
+    # No test transaction around the request: review_create's own transaction is the outer one.
+    response = api.post(URL, {"restaurant": 999999, "rating": 3, "text": "ok"}, format="json")
+    assert response.status_code == 400
+    assert response.json() == {"restaurant": ['Invalid pk "999999" - object does not exist.']}
+    assert counts() == (0, 0)
 
 
 @pytest.mark.django_db

@@ -379,7 +379,7 @@ def test_metrics_and_readiness_show_no_secret(client, secret_settings):
 
 @pytest.fixture
 def letter(restaurant):
-    review = review_create(restaurant=restaurant, rating=1, text="Falhou")
+    review = review_create(restaurant_id=restaurant.pk, rating=1, text="Falhou")
     job = AnalysisJob.objects.create(review=review, revision=1, state="dead", attempts=5)
     now = timezone.now()
     return DeadLetter.objects.create(

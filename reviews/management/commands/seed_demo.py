@@ -48,7 +48,7 @@ class Command(BaseCommand):
         if not restaurants["Cantina da Ana"].reviews.exists():
             for name, rating, text, author in DEMO_REVIEWS:
                 review_create(
-                    restaurant=restaurants[name], rating=rating, text=text, author_name=author
+                    restaurant_id=restaurants[name].pk, rating=rating, text=text, author_name=author
                 )
         ids = ", ".join(f"{r.name}={r.pk}" for r in restaurants.values())
         self.stdout.write(
