@@ -57,6 +57,24 @@ ACCEPTED = inline_serializer(
 )
 
 
+class StrictIntegerField(serializers.IntegerField):
+    """A JSON integer only: DRF's IntegerField also takes "4", 4.0 and true."""
+
+    def to_internal_value(self, data):
+        if not isinstance(data, int) or isinstance(data, bool):
+            self.fail("invalid")
+        return super().to_internal_value(data)
+
+
+class StrictCharField(serializers.CharField):
+    """A JSON string only: DRF's CharField also takes numbers and booleans as text."""
+
+    def to_internal_value(self, data):
+        if not isinstance(data, str):
+            self.fail("invalid")
+        return super().to_internal_value(data)
+
+
 class SubmitThrottle(ScopedRateThrottle):
     """Limits review submissions per token (per IP when anonymous); reads are not throttled."""
 
@@ -76,20 +94,10 @@ class ReviewListCreateApi(APIView):
 
     class Input(serializers.Serializer):
         # Checked by the INSERT's foreign key, not a SELECT here (review_create).
-        restaurant = serializers.IntegerField(min_value=1)
-        rating = serializers.IntegerField(min_value=1, max_value=5)
-        text = serializers.CharField(max_length=settings.REVIEW_TEXT_MAX_CHARS, allow_blank=False)
-        author_name = serializers.CharField(
-            max_length=100, required=False, allow_blank=True, default=""
-        )
-
-        def validate_rating(self, value):
-            # IntegerField accepts "4" and 4.0; a rating must be a JSON integer.
-            if not isinstance(self.initial_data.get("rating"), int) or isinstance(
-                self.initial_data.get("rating"), bool
-            ):
-                raise serializers.ValidationError("A valid integer is required.")
-            return value
+        restaurant = StrictIntegerField(min_value=1)
+        rating = StrictIntegerField(min_value=1, max_value=5)
+        text = StrictCharField(max_length=settings.REVIEW_TEXT_MAX_CHARS, allow_blank=False)
+        author_name = StrictCharField(max_length=100, required=False, allow_blank=True, default="")
 
     @extend_schema(request=Input, responses={202: ACCEPTED, **WRITE_ERRORS})
     def post(self, request):
@@ -121,8 +129,8 @@ class ReviewListCreateApi(APIView):
 
 class ReviewDetailApi(APIView):
     class Input(serializers.Serializer):
-        rating = serializers.IntegerField(min_value=1, max_value=5, required=False)
-        text = serializers.CharField(max_length=settings.REVIEW_TEXT_MAX_CHARS, required=False)
+        rating = StrictIntegerField(min_value=1, max_value=5, required=False)
+        text = StrictCharField(max_length=settings.REVIEW_TEXT_MAX_CHARS, required=False)
 
         def validate(self, attrs):
             if not attrs:

@@ -47,6 +47,14 @@ def test_post_accepts_and_writes_review_and_event(api, restaurant):
         ({"rating": 3, "text": "x" * 5001}, "text"),
         ({"rating": 3, "text": ["a"]}, "text"),
         ({"rating": 3, "text": "ok", "author_name": "n" * 101}, "author_name"),
+        # JSON types are checked, not coerced (schemathesis found a number accepted as a name).
+        ({"rating": 3, "text": 123}, "text"),
+        ({"rating": 3, "text": "ok", "author_name": 5}, "author_name"),
+        ({"rating": 3, "text": "ok", "author_name": False}, "author_name"),
+        ({"restaurant": "1", "rating": 3, "text": "ok"}, "restaurant"),
+        ({"restaurant": 1.0, "rating": 3, "text": "ok"}, "restaurant"),
+        ({"restaurant": True, "rating": 3, "text": "ok"}, "restaurant"),
+        ({"restaurant": 0, "rating": 3, "text": "ok"}, "restaurant"),
     ],
 )
 @pytest.mark.django_db
@@ -177,6 +185,8 @@ def test_patch_by_submitter_bumps_revision_and_publishes_update(api, owner_api, 
     assert owner_api.patch(f"{URL}{rid}/", {"rating": 1}, format="json").status_code == 403
     assert api.patch(f"{URL}{rid}/", {"rating": 9}, format="json").status_code == 400
     assert api.patch(f"{URL}{rid}/", {}, format="json").status_code == 400
+    assert api.patch(f"{URL}{rid}/", {"text": 5}, format="json").status_code == 400
+    assert api.patch(f"{URL}{rid}/", {"rating": "4"}, format="json").status_code == 400
     assert Review.objects.get(pk=rid).revision == 2
 
 
