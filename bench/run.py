@@ -174,6 +174,7 @@ class Bench:
         self.fake_url = f"http://127.0.0.1:{self.ports['fake']}/v1"
         self.q_workers = args.q_workers
         self.relay_queue_max = args.relay_queue_max
+        self.worker_nice = args.worker_nice
         self.env = self._env()
         self.results: dict = {}
         self.commands: dict[str, str] = {}
@@ -608,10 +609,11 @@ class Bench:
         batch_size: int = 10,
         workers: int | None = None,
         wait: bool = True,
-        nice: int = 0,
+        nice: int | None = None,
     ) -> None:
         if self.procs.running("qcluster"):
             return
+        nice = self.worker_nice if nice is None else nice
         workers = workers or self.q_workers
         env = {**self.env, "LLM_BATCH_SIZE": str(batch_size), "Q_WORKERS": str(workers)}
         prefix = ["nice", "-n", str(nice)] if nice else []
@@ -1770,7 +1772,7 @@ class Bench:
         self.fake(latency_ms=1000)
         rows, figures = [], {}
         for batch in sorted(p["batches"], reverse=True):
-            if self.qcluster_batch != batch or self.qcluster_nice:
+            if self.qcluster_batch != batch or self.qcluster_nice != self.worker_nice:
                 self.stop("qcluster")
             self.reset_data()  # the previous window's backlog must not reach this cluster
             self.start_qcluster(batch_size=batch)  # warmed before any review exists
@@ -2569,6 +2571,12 @@ def main() -> int:
         "--relay-queue-max",
         type=int,
         help="RELAY_QUEUE_MAX for the stack (default: the app's, 4 × Q_WORKERS; 0: off)",
+    )
+    parser.add_argument(
+        "--worker-nice",
+        type=int,
+        default=0,
+        help="start the qcluster under `nice -n N` (scenario 1's nice row always uses 10)",
     )
     parser.add_argument(
         "--report-only",
