@@ -33,24 +33,9 @@ def child(mode: str, requests: int) -> dict:
         django.setup()
     import gc
 
-    from django.contrib.auth import get_user_model
-    from django.test import Client
-    from rest_framework.authtoken.models import Token
+    from inproc import review_poster
 
-    from reviews.models import Restaurant
-
-    user, _ = get_user_model().objects.get_or_create(username="gc-probe")
-    token, _ = Token.objects.get_or_create(user=user)
-    restaurants = [
-        Restaurant.objects.get_or_create(name=f"GC probe {i}", defaults={"owner": user})[0].pk
-        for i in range(10)
-    ]
-    client = Client(HTTP_AUTHORIZATION=f"Token {token.key}", HTTP_HOST="localhost")
-
-    def post(i: int) -> None:
-        body = {"restaurant": restaurants[i % 10], "rating": 4, "text": f"probe #{i}"}
-        response = client.post("/api/reviews/", body, content_type="application/json")
-        assert response.status_code == 202, response.content[:200]
+    post = review_poster("gc-probe")
 
     for i in range(200):  # warm: caches, prepared paths, the connection
         post(i)
